@@ -1,0 +1,5 @@
+"""``python -m flaskrtc``: run the server."""
+
+from flaskrtc.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,149 @@
+"""The Flask app: static web demo at ``/``, signaling at ``/ws``, credentials at ``/api/turn``."""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from flask import Flask, Response, abort, jsonify, request, send_from_directory
+from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import HTTPException, NotFound
+
+from flaskrtc.config import Config
+from flaskrtc.signal.server import TRANSPORT_KEY, SignalServer
+from flaskrtc.turn.credentials import CredentialError, make_credential
+
+log = logging.getLogger("flaskrtc.http")
+
+# Types the web demo needs, registered here so they do not depend on the host's
+# /etc/mime.types (browsers refuse JavaScript modules served as text/plain).
+for _type, _ext in (
+    ("text/javascript", ".js"),
+    ("text/javascript", ".mjs"),
+    ("text/css", ".css"),
+    ("text/html", ".html"),
+    ("application/json", ".json"),
+    ("application/manifest+json", ".webmanifest"),
+    ("application/wasm", ".wasm"),
+    ("image/svg+xml", ".svg"),
+    ("image/png", ".png"),
+    ("image/x-icon", ".ico"),
+):
+    mimetypes.add_type(_type, _ext)
+
+
+def _host_of(host_header: str) -> str:
+    """The host part of a Host header: ``[::1]:8086`` → ``[::1]``, ``a.b:8086`` → ``a.b``."""
+    if host_header.startswith("["):
+        end = host_header.find("]")
+        return host_header[: end + 1] if end > 0 else host_header
+    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+
+
+def turn_uris(config: Config, request_host: str) -> list[str]:
+    """The ICE server URIs for /api/turn: UDP first (the apps use only ``uris[0]``)."""
+    turn = config.turn
+    host = turn.public_ip or _host_of(request_host) or "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal in a URI (RFC 7065 §3.1)
+    uris = [
+        f"turn:{host}:{turn.port}?transport=udp",
+        f"turn:{host}:{turn.port}?transport=tcp",
+    ]
+    if turn.tls_port:
+        # The certificate names `domain`; with the default "localhost" the client's own
+        # host name is the better guess.
+        domain = config.general.domain
+        tls_host = domain if domain and domain != "localhost" else host
+        uris.append(f"turns:{tls_host}:{turn.tls_port}?transport=tcp")
+    return uris
+
+
+def create_app(
+    config: Config,
+    signal: SignalServer,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> Flask:
+    """Build the Flask app for ``config``; ``signal`` serves the WebSocket connections."""
+    html_root = Path(config.general.html_root).resolve()
+    app = Flask("flaskrtc", static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+
+    @app.after_request
+    def cors(response: Response) -> Response:
+        if request.path == "/api/turn":
+            # The web app may be hosted on another origin (docs/protocol.md §6).
+            response.headers["Access-Control-Allow-Origin"] = "*"
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = "Content-Type"
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @app.route("/api/turn", methods=["GET", "POST", "OPTIONS"])
+    def api_turn() -> Response | tuple[Response, int]:
+        if request.method == "OPTIONS":
+            return Response(status=204)
+        values: dict[str, str] = dict(request.values.items())
+        if request.is_json:
+            body = request.get_json(silent=True)
+            if isinstance(body, dict):
+                values.update((k, v) for k, v in body.items() if isinstance(v, str))
+        service = values.get("service")
+        if service != "turn":
+            return jsonify(error="service must be 'turn'"), 400
+        try:
+            cred = make_credential(
+                config.turn.secret, values.get("username") or "", clock(), config.turn.ttl
+            )
+        except CredentialError as err:
+            return jsonify(error=str(err)), 400
+        return jsonify(
+            username=cred.username,
+            password=cred.password,
+            ttl=cred.ttl,
+            uris=turn_uris(config, request.host),
+        )
+
+    @app.route("/ws", websocket=True)
+    def ws() -> Response:
+        transport = request.environ.get(TRANSPORT_KEY)
+        if transport is None:  # pragma: no cover - the handler always sets it
+            abort(400)
+        signal.serve(transport)
+        return Response(status=101)
+
+    @app.route("/ws")
+    def ws_plain() -> tuple[str, int, dict[str, str]]:
+        return (
+            "This is the signaling WebSocket: connect with ws:// or wss://\n",
+            426,
+            {
+                "Upgrade": "websocket",
+                "Content-Type": "text/plain",
+            },
+        )
+
+    @app.route("/", defaults={"path": ""})
+    @app.route("/<path:path>")
+    def static_files(path: str) -> Response:
+        # send_from_directory refuses any path that leaves html_root (safe_join), after
+        # percent-decoding, so "%2e%2e/" is refused as well as "../".
+        target = html_root / path if path else html_root
+        try:
+            if target.is_dir():
+                path = (path.rstrip("/") + "/index.html").lstrip("/")
+        except (OSError, ValueError):
+            raise NotFound() from None
+        return send_from_directory(html_root, path)
+
+    @app.errorhandler(HTTPException)
+    def http_error(err: HTTPException) -> ResponseReturnValue:
+        if request.path.startswith("/api/"):
+            return jsonify(error=err.description), err.code or 500
+        return err
+
+    return app

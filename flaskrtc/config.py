@@ -1,0 +1,378 @@
+"""Configuration: built-in defaults, an INI file, ``FLASKRTC_*`` variables, command-line flags.
+
+Later sources win: defaults < file < environment < overrides (the command line). Every value
+is validated here, so the rest of flaskrtc can trust a :class:`Config` it is handed.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import ipaddress
+import math
+import os
+import re
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_PATH = Path("configs") / "config.ini"
+DEFAULT_CONFIG_DIR = Path("configs")
+SECRET_FILE_NAME = "turn_secret"
+ENV_PREFIX = "FLASKRTC_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class GeneralConfig:
+    """``[general]``: the HTTP(S) and WebSocket server."""
+
+    domain: str = "localhost"
+    cert: str = "configs/certs/cert.pem"
+    key: str = "configs/certs/key.pem"
+    bind: str = "0.0.0.0"
+    port: int = 8086
+    html_root: str = "web"
+    tls: bool = True
+    keepalive: float = 5.0  # seconds between "{}" frames, > 0
+    max_message_size: int = 1048576  # bytes, 1 KiB .. 64 MiB
+
+
+@dataclass(frozen=True)
+class TurnConfig:
+    """``[turn]``: the built-in TURN relay and the credentials /api/turn hands out."""
+
+    public_ip: str = ""  # empty: /api/turn uses the host name the client used
+    port: int = 19302
+    tls_port: int = 5349  # 0 = TURN over TLS off
+    bind: str = "0.0.0.0"
+    realm: str = "flutter-webrtc"
+    secret: str = ""  # empty: generated and kept in a file beside the config
+    ttl: int = 86400  # seconds, >= 60
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole, validated configuration."""
+
+    general: GeneralConfig
+    turn: TurnConfig
+    log_level: str = "INFO"  # DEBUG INFO WARNING ERROR
+    config_path: Path | None = None  # the file read, None if none existed
+    config_dir: Path = Path("configs")  # where generated files (secret) go
+
+
+class ConfigError(Exception):
+    """A bad configuration value; ``str()`` is one line fit for stderr."""
+
+    def __init__(self, key: str, value: str, expected: str, source: str | None = None) -> None:
+        self.key = key
+        self.value = value
+        self.expected = expected
+        self.source = source  # where the value came from, when that helps find it
+        super().__init__(key, value, expected, source)
+
+    def __str__(self) -> str:
+        text = f"config error: {self.key} = {self.value!r}: expected {self.expected}"
+        if self.source:
+            text += f" (from {self.source})"
+        # File names and OS messages may hold line breaks; the error must stay one line.
+        return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+# --- value parsers: each returns the converted value or raises ValueError(expected) ---------
+
+_INT_RE = re.compile(r"[0-9]+")
+# Letters, digits, hyphens, underscores and dots: what a certificate SAN and a URL accept.
+_HOST_RE = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _int_range(low: int, high: int | None) -> Callable[[str], int]:
+    expected = (
+        f"an integer from {low} to {high}" if high is not None else f"an integer of at least {low}"
+    )
+
+    def parse(text: str) -> int:
+        text = text.strip()
+        # int() would also take "1_000", "+5" and non-ASCII digits; keep to plain digits.
+        if not _INT_RE.fullmatch(text):
+            raise ValueError(expected)
+        value = int(text)
+        if value < low or (high is not None and value > high):
+            raise ValueError(expected)
+        return value
+
+    return parse
+
+
+_port = _int_range(0, 65535)
+
+
+def _bool(text: str) -> bool:
+    word = text.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError("true or false (also yes/no, on/off, 1/0)")
+
+
+def _keepalive(text: str) -> float:
+    expected = "a number of seconds greater than 0 and at most 3600"
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(expected) from None
+    if not math.isfinite(value) or not 0 < value <= 3600:
+        raise ValueError(expected)
+    return value
+
+
+def _ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise ValueError("an IP address such as 0.0.0.0, 127.0.0.1 or ::") from None
+
+
+def _public_ip(text: str) -> str:
+    expected = "an IP address clients can reach (not 0.0.0.0 or ::), or empty"
+    text = text.strip()
+    if not text:
+        return ""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(expected) from None
+    if address.is_unspecified:
+        raise ValueError(expected)
+    return str(address)
+
+
+def _domain(text: str) -> str:
+    text = text.strip()
+    if not text:
+        return ""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if not _HOST_RE.fullmatch(text):
+        raise ValueError("a host name (letters, digits, '-', '.') or an IP address")
+    return text
+
+
+def _non_empty(what: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        text = text.strip()
+        if not text:
+            raise ValueError(what)
+        return text
+
+    return parse
+
+
+def _any_text(text: str) -> str:
+    return text.strip()
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError("one of " + ", ".join(LOG_LEVELS) + " (any case)")
+    return level
+
+
+# Every key a file, the environment or an override may set: "section.name" -> parser.
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "general.domain": _domain,
+    "general.cert": _non_empty("a certificate file path"),
+    "general.key": _non_empty("a private key file path"),
+    "general.bind": _ip,
+    "general.port": _port,
+    "general.html_root": _non_empty("a directory path"),
+    "general.tls": _bool,
+    "general.keepalive": _keepalive,
+    "general.max_message_size": _int_range(1024, 64 * 1024 * 1024),
+    "general.log_level": _log_level,
+    "turn.public_ip": _public_ip,
+    "turn.port": _port,
+    "turn.tls_port": _port,
+    "turn.bind": _ip,
+    "turn.realm": _non_empty("a non-empty realm name"),
+    "turn.secret": _any_text,
+    "turn.ttl": _int_range(60, None),
+}
+_SECTIONS = ("general", "turn")
+
+
+def _env_name(key: str) -> str:
+    return ENV_PREFIX + key.replace(".", "_").upper()
+
+
+# Raw, unparsed settings: canonical key -> (text, key as the user named it, source or "").
+_Raw = dict[str, tuple[str, str, str]]
+
+
+def _ini_problem(err: configparser.Error) -> str:
+    """A one-line account of a syntax error (configparser's own messages span lines)."""
+    if isinstance(err, configparser.MissingSectionHeaderError):
+        return f"line {err.lineno} comes before any [section] header"
+    if isinstance(err, configparser.ParsingError) and err.errors:
+        lineno, line = err.errors[0]
+        return f"line {lineno} is not 'key = value': {line.strip()!r}"
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _read_file(path: Path) -> _Raw:
+    """The raw values of an INI file."""
+    parser = configparser.ConfigParser(interpolation=None)
+    source = str(path)
+    try:
+        with path.open(encoding="utf-8-sig") as handle:
+            parser.read_file(handle, source=source)
+    except FileNotFoundError:
+        raise ConfigError("config", source, "an existing config file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ConfigError("config", source, f"a readable UTF-8 file ({reason})") from None
+    except configparser.Error as err:
+        raise ConfigError(
+            "config", source, f"an INI file with [general] and [turn] ({_ini_problem(err)})"
+        ) from None
+    if parser.defaults():
+        # [DEFAULT] keys leak into every section; nothing here wants that.
+        raise ConfigError("section", "DEFAULT", "[general] or [turn]", source)
+    values: _Raw = {}
+    for section in parser.sections():
+        if section not in _SECTIONS:
+            raise ConfigError("section", section, "[general] or [turn]", source)
+        for name, value in parser.items(section):
+            key = f"{section}.{name}"
+            if key not in _PARSERS:
+                prefix = section + "."
+                known = ", ".join(k[len(prefix) :] for k in _PARSERS if k.startswith(prefix))
+                raise ConfigError(key, value, f"a known [{section}] key: {known}", source)
+            values[key] = (value, key, source)
+    return values
+
+
+def _read_environ(environ: Mapping[str, str]) -> _Raw:
+    values: _Raw = {}
+    known = {_env_name(key): key for key in _PARSERS}
+    known[ENV_PREFIX + "LOG_LEVEL"] = "general.log_level"
+    # Sorted, so FLASKRTC_LOG_LEVEL predictably wins over FLASKRTC_GENERAL_LOG_LEVEL.
+    for name in sorted(environ):
+        if name in known:
+            key = known[name]
+            values[key] = (environ[name], key, f"environment variable {name}")
+        elif any(name.startswith(f"{ENV_PREFIX}{section.upper()}_") for section in _SECTIONS):
+            # A typo such as FLASKRTC_GENERAL_PROT would otherwise be silently ignored.
+            raise ConfigError(
+                name, environ[name], "a known FLASKRTC_GENERAL_* or FLASKRTC_TURN_* name"
+            )
+    return values
+
+
+def load_config(
+    path: str | None, environ: Mapping[str, str], overrides: Mapping[str, str]
+) -> Config:
+    """Read, merge and validate the configuration; raise :class:`ConfigError` on a bad value.
+
+    ``path`` None means ``configs/config.ini`` if it exists, else the built-in defaults.
+    """
+    config_path: Path | None
+    if path is None:
+        config_path = DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
+    else:
+        config_path = Path(path)
+        if config_path.is_dir():
+            raise ConfigError("config", path, "a config file, not a directory")
+        if not config_path.exists():
+            raise ConfigError("config", path, "an existing config file")
+
+    raw: _Raw = {}
+    if config_path is not None:
+        raw.update(_read_file(config_path))
+    raw.update(_read_environ(environ))
+    for key, value in overrides.items():
+        # log_level is a top-level Config field but lives in [general] in the file.
+        canonical = "general.log_level" if key == "log_level" else key
+        if canonical not in _PARSERS:
+            raise ConfigError(key, value, "a known setting: log_level, " + ", ".join(_PARSERS))
+        raw[canonical] = (value, key, "")
+
+    parsed: dict[str, Any] = {}
+    for key, (text, named, source) in raw.items():
+        try:
+            parsed[key] = _PARSERS[key](text)
+        except ValueError as err:
+            raise ConfigError(named, text, str(err), source or None) from None
+
+    def section(name: str) -> dict[str, Any]:
+        prefix = name + "."
+        return {
+            key[len(prefix) :]: value
+            for key, value in parsed.items()
+            if key.startswith(prefix) and key != "general.log_level"
+        }
+
+    return Config(
+        general=GeneralConfig(**section("general")),
+        turn=TurnConfig(**section("turn")),
+        log_level=parsed.get("general.log_level", "INFO"),
+        config_path=config_path,
+        config_dir=config_path.parent if config_path is not None else DEFAULT_CONFIG_DIR,
+    )
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` as mode 0600, replacing it atomically."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    # Created 0600 from the start, so the secret is never readable by others, even briefly.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def ensure_turn_secret(config: Config) -> tuple[Config, bool]:
+    """Fill in ``turn.secret`` from ``<config_dir>/turn_secret``, generating it if need be.
+
+    Returns the (possibly updated) config and whether a secret was generated now.
+    """
+    if config.turn.secret:
+        return config, False
+    path = config.config_dir / SECRET_FILE_NAME
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        secret = ""
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ConfigError("turn.secret", "", f"a secret, or a readable {path} ({reason})") from None
+    generated = False
+    if not secret:
+        secret = secrets.token_urlsafe(32)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_private(path, secret + "\n")
+        except OSError as err:
+            raise ConfigError(
+                "turn.secret",
+                "",
+                f"a secret, or a writable {path} to keep a generated one ({err.strerror or err})",
+            ) from None
+        generated = True
+    turn = dataclasses.replace(config.turn, secret=secret)
+    return dataclasses.replace(config, turn=turn), generated

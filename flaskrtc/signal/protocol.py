@@ -1,0 +1,158 @@
+"""The signaling messages of docs/protocol.md: parsing, validation and encoding.
+
+Sans-I/O: bytes in, frozen dataclasses out. Every way a message can be wrong raises
+:class:`ProtocolError`, which carries the ``error`` reply to send back (the Go server
+ignored bad input silently; flaskrtc always answers).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+# Bounds on what a peer may register; the apps send 6 digits and short names.
+MAX_ID_LENGTH = 128
+MAX_NAME_LENGTH = 256
+MAX_USER_AGENT_LENGTH = 512
+
+FORWARDED_TYPES = ("offer", "answer", "candidate")
+# The one field each forwarded type must carry as an object, besides "to".
+_PAYLOAD_FIELD = {"offer": "description", "answer": "description", "candidate": "candidate"}
+SERVER_ONLY_TYPES = ("peers", "error")
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON as sent on the wire (UTF-8 kept as is)."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def message(type_: str, data: Any) -> str:
+    """The envelope ``{"type": type_, "data": data}`` as text."""
+    return dumps({"type": type_, "data": data})
+
+
+class ProtocolError(Exception):
+    """A message that cannot be served; :attr:`reply` is the ``error`` message to send."""
+
+    def __init__(self, request: str, reason: str) -> None:
+        super().__init__(f"{request or '?'}: {reason}")
+        self.request = request
+        self.reason = reason
+
+    @property
+    def reply(self) -> str:
+        """The ``error`` message text for the sender."""
+        return message("error", {"request": self.request, "reason": self.reason})
+
+
+@dataclass(frozen=True)
+class New:
+    """``new``: register this connection as a peer."""
+
+    id: str
+    name: str
+    user_agent: str
+
+
+@dataclass(frozen=True)
+class Forward:
+    """``offer`` / ``answer`` / ``candidate``: relay ``data`` to peer ``to``."""
+
+    type: str
+    to: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Bye:
+    """``bye``: end session ``session_id`` (two peer ids joined by '-')."""
+
+    session_id: str
+
+
+@dataclass(frozen=True)
+class Leave:
+    """``leave``: unregister, keeping the socket open."""
+
+
+@dataclass(frozen=True)
+class Keepalive:
+    """``keepalive``: echo ``data`` back to the sender."""
+
+    data: dict[str, Any]
+
+
+Request = New | Forward | Bye | Leave | Keepalive
+
+
+def _string(request: str, data: dict[str, Any], key: str, limit: int, *, required: bool) -> str:
+    value = data.get(key)
+    if value is None:
+        if required:
+            raise ProtocolError(request, f"data.{key} is required")
+        return ""
+    if not isinstance(value, str):
+        raise ProtocolError(request, f"data.{key} must be a string")
+    if required and not value:
+        raise ProtocolError(request, f"data.{key} must not be empty")
+    if len(value) > limit:
+        raise ProtocolError(request, f"data.{key} is longer than {limit} characters")
+    return value
+
+
+def _object(request: str, value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ProtocolError(request, f"{what} must be an object")
+    return value
+
+
+def parse(payload: bytes) -> Request:
+    """Parse one WebSocket message (TEXT or BINARY, UTF-8 JSON) into a request.
+
+    Raises ProtocolError for anything docs/protocol.md §5 calls bad input.
+    """
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("", "message is not valid UTF-8") from None
+    try:
+        envelope = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ProtocolError("", "message is not valid JSON") from None
+    if not isinstance(envelope, dict):
+        raise ProtocolError("", "message must be a JSON object with 'type' and 'data'")
+    type_ = envelope.get("type")
+    if type_ is None:
+        raise ProtocolError("", "message has no 'type'")
+    if not isinstance(type_, str):
+        raise ProtocolError("", "'type' must be a string")
+    data = envelope.get("data")
+
+    if type_ == "new":
+        body = _object(type_, data, "data")
+        return New(
+            id=_string(type_, body, "id", MAX_ID_LENGTH, required=True),
+            name=_string(type_, body, "name", MAX_NAME_LENGTH, required=False),
+            user_agent=_string(type_, body, "user_agent", MAX_USER_AGENT_LENGTH, required=False),
+        )
+    if type_ in FORWARDED_TYPES:
+        body = _object(type_, data, "data")
+        to = _string(type_, body, "to", MAX_ID_LENGTH, required=True)
+        field = _PAYLOAD_FIELD[type_]
+        _object(type_, body.get(field), f"data.{field}")
+        session_id = body.get("session_id")
+        if session_id is not None and not isinstance(session_id, str):
+            raise ProtocolError(type_, "data.session_id must be a string")
+        return Forward(type_, to, body)
+    if type_ == "bye":
+        body = _object(type_, data, "data")
+        sid = _string(type_, body, "session_id", 2 * MAX_ID_LENGTH + 1, required=True)
+        return Bye(sid)
+    if type_ == "leave":
+        return Leave()
+    if type_ == "keepalive":
+        return Keepalive({} if data is None else _object(type_, data, "data"))
+    if type_ in SERVER_ONLY_TYPES:
+        raise ProtocolError(type_, f"'{type_}' is sent by the server only")
+    raise ProtocolError(type_, f"unknown message type '{type_[:64]}'")

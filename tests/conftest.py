@@ -1,0 +1,189 @@
+"""Shared fixtures: a real flaskrtc process on 127.0.0.1 port 0, and WebSocket clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websocket
+
+REPO = Path(__file__).resolve().parent.parent
+LISTEN_RE = re.compile(r"listening on (https?)://([^ ]+):(\d+)")
+
+
+class ServerProcess:
+    """``python -m flaskrtc`` in a temporary folder, with its log captured."""
+
+    def __init__(self, workdir: Path, *, tls: bool = True, extra: dict[str, str] | None = None):
+        self.workdir = workdir
+        self.tls = tls
+        settings = {
+            "general": {
+                "bind": "127.0.0.1",
+                "port": "0",
+                "tls": "true" if tls else "false",
+                "cert": str(workdir / "certs" / "cert.pem"),
+                "key": str(workdir / "certs" / "key.pem"),
+                "html_root": str(REPO / "web"),
+            },
+            "turn": {"secret": "test-secret", "public_ip": "127.0.0.1"},
+        }
+        for key, value in (extra or {}).items():
+            section, name = key.split(".")
+            settings[section][name] = value
+        self.config = workdir / "config.ini"
+        self.config.write_text(
+            "".join(
+                f"[{section}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items())
+                for section, values in settings.items()
+            )
+        )
+        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "flaskrtc", "--config", str(self.config)],
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        threading.Thread(target=self._pump, daemon=True).start()
+        match = self.wait_for_log(LISTEN_RE, timeout=20)
+        self.scheme = match.group(1)
+        self.port = int(match.group(3))
+        self.base = f"{self.scheme}://127.0.0.1:{self.port}"
+        self.ws_url = f"{'wss' if tls else 'ws'}://127.0.0.1:{self.port}/ws"
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_for_log(self, pattern: re.Pattern[str] | str, timeout: float = 10) -> re.Match[str]:
+        """Block until a log line matches ``pattern`` (polled on each new line)."""
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cond:
+            while True:
+                for line in self.lines[seen:]:
+                    found = regex.search(line)
+                    if found:
+                        return found
+                seen = len(self.lines)
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and seen == len(self.lines)):
+                    raise AssertionError(
+                        f"no log line matching {regex.pattern!r}; log:\n" + "\n".join(self.lines)
+                    )
+                self._cond.wait(min(left, 0.5))
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context that trusts the server's generated certificate."""
+        ctx = ssl.create_default_context(cafile=str(self.workdir / "certs" / "cert.pem"))
+        return ctx
+
+    def sslopt(self) -> dict[str, Any]:
+        return {"ca_certs": str(self.workdir / "certs" / "cert.pem")} if self.tls else {}
+
+    def connect(self, **kwargs: Any) -> Client:
+        ws = websocket.create_connection(self.ws_url, timeout=10, sslopt=self.sslopt(), **kwargs)
+        return Client(ws)
+
+    def raw_socket(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        if self.tls:
+            return self.ssl_context().wrap_socket(sock, server_hostname="127.0.0.1")
+        return sock
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+
+class Client:
+    """A websocket-client connection that reads JSON messages, skipping ``{}`` keepalives."""
+
+    def __init__(self, ws: websocket.WebSocket) -> None:
+        self.ws = ws
+        self.keepalives = 0
+
+    def send(self, type_: str, data: Any = None) -> None:
+        self.ws.send(json.dumps({"type": type_, "data": data}))
+
+    def recv(self, timeout: float = 10) -> dict[str, Any]:
+        """The next message that is not a bare ``{}``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.ws.settimeout(max(0.01, deadline - time.monotonic()))
+            text = self.ws.recv()
+            msg = json.loads(text)
+            if msg == {}:
+                self.keepalives += 1
+                continue
+            return msg  # type: ignore[no-any-return]
+
+    def expect(self, type_: str, timeout: float = 10) -> dict[str, Any]:
+        """Read until a message of ``type_``; fail on an unexpected ``error``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.recv(max(0.01, deadline - time.monotonic()))
+            if msg.get("type") == type_:
+                return msg
+            if msg.get("type") == "error" and type_ != "error":
+                raise AssertionError(f"unexpected error: {msg}")
+
+    def expect_peers(self, ids: list[str], timeout: float = 10) -> list[dict[str, Any]]:
+        """Read peers lists until one holds exactly ``ids`` in that order."""
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.expect("peers", max(0.01, deadline - time.monotonic()))
+            if [p["id"] for p in msg["data"]] == ids:
+                return msg["data"]  # type: ignore[no-any-return]
+
+    def register(self, peer_id: str, name: str = "", user_agent: str = "test") -> None:
+        self.send("new", {"id": peer_id, "name": name, "user_agent": user_agent})
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One TLS server for a test module (tests use distinct peer ids)."""
+    proc = ServerProcess(tmp_path_factory.mktemp("srv"))
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A TLS server of the test's own, for tests that inspect the whole peer list."""
+    proc = ServerProcess(tmp_path)
+    yield proc
+    proc.stop()

@@ -1,0 +1,475 @@
+"""Configuration loading: sources, precedence, validation and the generated TURN secret."""
+
+from __future__ import annotations
+
+import dataclasses
+import stat
+from pathlib import Path
+
+import pytest
+
+from flaskrtc.config import (
+    Config,
+    ConfigError,
+    GeneralConfig,
+    TurnConfig,
+    ensure_turn_secret,
+    load_config,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULTS = Config(general=GeneralConfig(), turn=TurnConfig())
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None, {}, {})
+    assert config == DEFAULTS
+    assert config.config_path is None
+    assert config.config_dir == Path("configs")
+    assert config.general.port == 8086 and config.general.tls is True
+    assert config.general.keepalive == 5.0 and config.general.max_message_size == 1048576
+    assert config.turn.port == 19302 and config.turn.tls_port == 5349
+    assert config.turn.realm == "flutter-webrtc" and config.turn.ttl == 86400
+    assert config.log_level == "INFO"
+
+
+def test_shipped_config_equals_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    config = load_config(str(REPO / "configs" / "config.ini"), {}, {})
+    assert (config.general, config.turn, config.log_level) == (
+        DEFAULTS.general,
+        DEFAULTS.turn,
+        DEFAULTS.log_level,
+    )
+    # With no --config, the same file is found relative to the working directory.
+    implicit = load_config(None, {}, {})
+    assert implicit.config_path == Path("configs/config.ini")
+    assert implicit.config_dir == Path("configs")
+    assert implicit.general == DEFAULTS.general and implicit.turn == DEFAULTS.turn
+
+
+def test_default_path_is_used_when_present(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    write(tmp_path / "configs" / "config.ini", "[general]\nport = 9000\n")
+    config = load_config(None, {}, {})
+    assert config.general.port == 9000
+    assert config.config_path == Path("configs/config.ini")
+
+
+FULL_FILE = """\
+# a comment
+[general]
+domain = demo.example.com
+cert = /etc/cert.pem
+key = /etc/key.pem
+bind = 127.0.0.1
+port = 443
+html_root = /srv/web
+tls = off
+keepalive = 2.5
+max_message_size = 2048
+log_level = debug
+
+[turn]
+public_ip = 203.0.113.7
+port = 3478
+tls_port = 0
+bind = ::
+realm = example.com
+secret = s3cret
+ttl = 600
+"""
+
+
+def test_file_values_are_read(tmp_path: Path) -> None:
+    path = write(tmp_path / "my.ini", FULL_FILE)
+    config = load_config(str(path), {}, {})
+    assert config.general == GeneralConfig(
+        domain="demo.example.com",
+        cert="/etc/cert.pem",
+        key="/etc/key.pem",
+        bind="127.0.0.1",
+        port=443,
+        html_root="/srv/web",
+        tls=False,
+        keepalive=2.5,
+        max_message_size=2048,
+    )
+    assert config.turn == TurnConfig(
+        public_ip="203.0.113.7",
+        port=3478,
+        tls_port=0,
+        bind="::",
+        realm="example.com",
+        secret="s3cret",
+        ttl=600,
+    )
+    assert config.log_level == "DEBUG"
+    assert config.config_path == path
+    assert config.config_dir == tmp_path
+
+
+def test_go_server_config_is_accepted(tmp_path: Path) -> None:
+    # flutter-webrtc-server's own file: no spaces around "=", only the keys it knew.
+    path = write(
+        tmp_path / "config.ini",
+        "[general]\ndomain=demo.cloudwebrtc.com\ncert=configs/certs/cert.pem\n"
+        "key=configs/certs/key.pem\nbind=0.0.0.0\nport=8086\nhtml_root=web\n\n"
+        "[turn]\npublic_ip=127.0.0.1\nport=19302\nrealm=flutter-webrtc\n",
+    )
+    config = load_config(str(path), {}, {})
+    assert config.general.domain == "demo.cloudwebrtc.com"
+    assert config.turn.public_ip == "127.0.0.1"
+    assert config.turn.tls_port == 5349  # new keys keep their defaults
+
+
+def test_partial_file_keeps_other_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.ini", "[turn]\nrealm = r\n")
+    config = load_config(str(path), {}, {})
+    assert config.turn == dataclasses.replace(TurnConfig(), realm="r")
+    assert config.general == GeneralConfig()
+
+
+def test_env_overrides_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.ini", "[general]\nport = 9000\n[turn]\npublic_ip = 10.0.0.1\n")
+    environ = {
+        "FLASKRTC_GENERAL_PORT": "9001",
+        "FLASKRTC_TURN_PUBLIC_IP": "10.0.0.2",
+        "FLASKRTC_GENERAL_HTML_ROOT": "/www",
+        "FLASKRTC_TURN_TLS_PORT": "0",
+        "FLASKRTC_LOG_LEVEL": "warning",
+        "UNRELATED": "x",
+        "FLASKRTC_SOMETHING_ELSE": "ignored",  # not a section prefix: not ours to judge
+    }
+    config = load_config(str(path), environ, {})
+    assert config.general.port == 9001
+    assert config.turn.public_ip == "10.0.0.2"
+    assert config.general.html_root == "/www"
+    assert config.turn.tls_port == 0
+    assert config.log_level == "WARNING"
+
+
+def test_env_general_log_level(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_config(None, {"FLASKRTC_GENERAL_LOG_LEVEL": "Error"}, {}).log_level == "ERROR"
+
+
+def test_overrides_beat_env_and_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.ini", "[general]\nport = 9000\ntls = true\nlog_level = INFO\n")
+    environ = {"FLASKRTC_GENERAL_PORT": "9001", "FLASKRTC_TURN_PUBLIC_IP": "10.0.0.2"}
+    overrides = {
+        "general.port": "9002",
+        "turn.public_ip": "10.0.0.3",
+        "general.tls": "false",
+        "log_level": "debug",
+        "general.bind": "127.0.0.1",
+        "turn.port": "3478",
+    }
+    config = load_config(str(path), environ, overrides)
+    assert config.general.port == 9002
+    assert config.turn.public_ip == "10.0.0.3"
+    assert config.general.tls is False
+    assert config.log_level == "DEBUG"
+    assert config.general.bind == "127.0.0.1"
+    assert config.turn.port == 3478
+
+
+def test_port_zero_is_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None, {}, {"general.port": "0", "turn.port": "0"})
+    assert config.general.port == 0 and config.turn.port == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("true", True),
+        ("TRUE", True),
+        ("Yes", True),
+        ("on", True),
+        ("1", True),
+        ("false", False),
+        ("No", False),
+        ("OFF", False),
+        ("0", False),
+    ],
+)
+def test_bool_spellings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, expected: bool
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_config(None, {}, {"general.tls": text}).general.tls is expected
+
+
+def test_ipv6_addresses_are_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = load_config(
+        None, {}, {"general.bind": "::", "turn.public_ip": "2001:db8::1", "turn.bind": "::1"}
+    )
+    assert config.general.bind == "::"
+    assert config.turn.public_ip == "2001:db8::1"
+    assert config.turn.bind == "::1"
+
+
+# (key, bad value, words the "expected" part must contain)
+BAD_VALUES = [
+    ("general.port", "abc", "an integer from 0 to 65535"),
+    ("general.port", "65536", "an integer from 0 to 65535"),
+    ("general.port", "-1", "an integer from 0 to 65535"),
+    ("general.port", "1_000", "an integer from 0 to 65535"),
+    ("general.port", "", "an integer from 0 to 65535"),
+    ("turn.port", "99999", "an integer from 0 to 65535"),
+    ("turn.tls_port", "x", "an integer from 0 to 65535"),
+    ("turn.ttl", "59", "at least 60"),
+    ("turn.ttl", "1.5", "at least 60"),
+    ("general.max_message_size", "1023", "from 1024 to 67108864"),
+    ("general.max_message_size", "67108865", "from 1024 to 67108864"),
+    ("general.tls", "maybe", "true or false"),
+    ("general.tls", "", "true or false"),
+    ("general.keepalive", "0", "greater than 0"),
+    ("general.keepalive", "-1", "greater than 0"),
+    ("general.keepalive", "3601", "at most 3600"),
+    ("general.keepalive", "nan", "greater than 0"),
+    ("general.keepalive", "inf", "at most 3600"),
+    ("general.keepalive", "soon", "number of seconds"),
+    ("general.bind", "localhost", "an IP address"),
+    ("general.bind", "", "an IP address"),
+    ("general.bind", "300.1.1.1", "an IP address"),
+    ("turn.bind", "eth0", "an IP address"),
+    ("turn.public_ip", "example.com", "an IP address"),
+    ("turn.public_ip", "0.0.0.0", "not 0.0.0.0"),
+    ("turn.realm", "", "non-empty"),
+    ("turn.realm", "   ", "non-empty"),
+    ("general.domain", "bad domain", "host name"),
+    ("general.cert", "", "certificate file path"),
+    ("general.html_root", "", "directory"),
+    ("log_level", "verbose", "DEBUG, INFO, WARNING, ERROR"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), BAD_VALUES)
+def test_bad_override_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str, value: str, expected: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {}, {key: value})
+    err = info.value
+    assert err.key == key
+    assert err.value == value
+    assert expected in err.expected
+    message = str(err)
+    assert "\n" not in message
+    assert message.startswith(f"config error: {key} = {value!r}: expected ")
+    assert expected in message
+
+
+def test_error_message_format(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {}, {"general.port": "abc"})
+    assert str(info.value) == (
+        "config error: general.port = 'abc': expected an integer from 0 to 65535"
+    )
+
+
+def test_bad_file_value_names_key_and_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.ini", "[turn]\nttl = 5\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), {}, {})
+    assert (info.value.key, info.value.value) == ("turn.ttl", "5")
+    message = str(info.value)
+    assert message.startswith("config error: turn.ttl = '5': expected an integer of at least 60")
+    assert str(path) in message and "\n" not in message
+
+
+def test_bad_file_log_level(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.ini", "[general]\nlog_level = loud\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), {}, {})
+    assert info.value.key == "general.log_level" and info.value.value == "loud"
+
+
+def test_bad_env_value_names_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"FLASKRTC_TURN_TTL": "5"}, {})
+    assert info.value.key == "turn.ttl" and info.value.value == "5"
+    assert "FLASKRTC_TURN_TTL" in str(info.value)
+
+
+def test_override_fixes_bad_env_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only the value that wins is validated: a flag can correct a broken variable.
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None, {"FLASKRTC_GENERAL_PORT": "abc"}, {"general.port": "1"})
+    assert config.general.port == 1
+
+
+def test_values_are_stripped(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.ini", "[general]\nport =  8087  \n[turn]\nrealm = r  \n")
+    config = load_config(str(path), {"FLASKRTC_GENERAL_BIND": " 127.0.0.1 "}, {})
+    assert config.general.port == 8087
+    assert config.turn.realm == "r"
+    assert config.general.bind == "127.0.0.1"
+
+
+def test_unknown_key_rejected(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.ini", "[general]\nprot = 8086\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), {}, {})
+    assert info.value.key == "general.prot"
+    assert "general.prot" in str(info.value) and "port" in info.value.expected
+
+
+def test_unknown_section_rejected(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.ini", "[genral]\nport = 8086\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), {}, {})
+    assert info.value.value == "genral"
+    assert "genral" in str(info.value)
+
+
+def test_default_section_rejected(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.ini", "[DEFAULT]\nport = 1\n[general]\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), {}, {})
+    assert "DEFAULT" in str(info.value)
+
+
+def test_unknown_env_variable_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"FLASKRTC_GENERAL_PROT": "1"}, {})
+    assert info.value.key == "FLASKRTC_GENERAL_PROT"
+
+
+def test_unknown_override_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {}, {"general.nope": "1"})
+    assert info.value.key == "general.nope"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "port = 1\n",  # no section header
+        "[general]\nport = 1\nport = 2\n",  # duplicate key
+        "[general]\nport\n",  # no value
+        "[general]\n[general]\n",  # duplicate section
+    ],
+)
+def test_malformed_file_is_one_line_error(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path / "c.ini", text)
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), {}, {})
+    assert info.value.key == "config"
+    assert "\n" not in str(info.value)
+
+
+def test_no_interpolation(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.ini", "[turn]\nsecret = 100%%s%(x)s\n")
+    assert load_config(str(path), {}, {}).turn.secret == "100%%s%(x)s"
+
+
+def test_utf8_bom_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "c.ini"
+    path.write_bytes(b"\xef\xbb\xbf[general]\nport = 1234\n")
+    assert load_config(str(path), {}, {}).general.port == 1234
+
+
+def test_explicit_missing_file_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config("missing.ini", {}, {})
+    assert info.value.key == "config" and info.value.value == "missing.ini"
+    assert (
+        str(info.value) == "config error: config = 'missing.ini': expected an existing config file"
+    )
+
+
+def test_explicit_directory_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(str(tmp_path), {}, {})
+    assert info.value.key == "config"
+
+
+def test_config_is_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DEFAULTS.general.port = 1  # type: ignore[misc]
+
+
+# --- the TURN secret -------------------------------------------------------------------------
+
+
+def config_in(directory: Path, secret: str = "") -> Config:
+    return Config(general=GeneralConfig(), turn=TurnConfig(secret=secret), config_dir=directory)
+
+
+def test_secret_generated_once_and_reused(tmp_path: Path) -> None:
+    directory = tmp_path / "conf" / "sub"  # created on demand
+    config, generated = ensure_turn_secret(config_in(directory))
+    assert generated is True
+    secret = config.turn.secret
+    assert len(secret) >= 40  # token_urlsafe(32): 43 characters
+    path = directory / "turn_secret"
+    assert path.read_text().strip() == secret
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in directory.iterdir()] == ["turn_secret"]  # no temp files left
+
+    again, generated = ensure_turn_secret(config_in(directory))
+    assert generated is False
+    assert again.turn.secret == secret
+    assert again == dataclasses.replace(config_in(directory), turn=TurnConfig(secret=secret))
+
+
+def test_secret_file_whitespace_stripped(tmp_path: Path) -> None:
+    (tmp_path / "turn_secret").write_text("  kept-secret \n\n")
+    config, generated = ensure_turn_secret(config_in(tmp_path))
+    assert (config.turn.secret, generated) == ("kept-secret", False)
+
+
+def test_empty_secret_file_is_regenerated(tmp_path: Path) -> None:
+    path = tmp_path / "turn_secret"
+    path.write_text("\n")
+    path.chmod(0o644)
+    config, generated = ensure_turn_secret(config_in(tmp_path))
+    assert generated is True and config.turn.secret
+    assert path.read_text().strip() == config.turn.secret
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_explicit_secret_is_kept(tmp_path: Path) -> None:
+    (tmp_path / "turn_secret").write_text("file-secret\n")
+    original = config_in(tmp_path, secret="mine")
+    config, generated = ensure_turn_secret(original)
+    assert config is original and generated is False
+    assert (tmp_path / "turn_secret").read_text() == "file-secret\n"
+
+
+def test_explicit_secret_writes_no_file(tmp_path: Path) -> None:
+    ensure_turn_secret(config_in(tmp_path / "none", secret="mine"))
+    assert not (tmp_path / "none").exists()
+
+
+def test_secret_beside_the_config_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.ini", "[general]\nport = 1\n")
+    config, generated = ensure_turn_secret(load_config(str(path), {}, {}))
+    assert generated
+    assert (tmp_path / "turn_secret").read_text().strip() == config.turn.secret
+
+
+def test_unwritable_secret_dir_is_config_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # a file where the directory should be
+    with pytest.raises(ConfigError) as info:
+        ensure_turn_secret(config_in(blocker / "dir"))
+    assert info.value.key == "turn.secret"
+    assert "\n" not in str(info.value)

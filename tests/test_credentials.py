@@ -1,0 +1,57 @@
+"""TURN REST credential maths (coturn's use-auth-secret), without sockets or clocks."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+
+import pytest
+
+from flaskrtc.turn.credentials import (
+    CredentialError,
+    check_credential,
+    make_credential,
+    rest_password,
+)
+
+
+def test_username_is_expiry_then_user() -> None:
+    cred = make_credential("s3cret", "flutter-webrtc", now=1_700_000_000.7, ttl=86400)
+    assert cred.username == "1700086400:flutter-webrtc"
+    assert cred.expires == 1_700_086_400
+    assert cred.ttl == 86400
+
+
+def test_password_is_padded_base64_hmac_sha1_like_coturn() -> None:
+    # Computed independently of the module: base64(HMAC-SHA1(secret, username)).
+    expected = base64.b64encode(
+        hmac.new(b"north", b"1600000000:alice", hashlib.sha1).digest()
+    ).decode()
+    assert rest_password("north", "1600000000:alice") == expected
+    assert expected.endswith("=")  # 20-byte digest: padding is kept
+    assert len(expected) == 28
+
+
+def test_check_accepts_live_and_rejects_expired() -> None:
+    cred = make_credential("k", "bob", now=1000, ttl=60)
+    assert check_credential("k", cred.username, now=1059) == cred.password
+    assert check_credential("k", cred.username, now=1060) == cred.password
+    assert check_credential("k", cred.username, now=1061) is None
+
+
+def test_check_rejects_usernames_without_a_timestamp() -> None:
+    assert check_credential("k", "bob", now=0) is None
+    assert check_credential("k", "abc:bob", now=0) is None
+    assert check_credential("k", "-5:bob", now=0) is None
+
+
+def test_other_secret_gives_other_password() -> None:
+    cred = make_credential("k1", "bob", now=0, ttl=60)
+    assert check_credential("k2", cred.username, now=0) != cred.password
+
+
+@pytest.mark.parametrize("user", ["", "a:b", "x" * 129, "tab\there"])
+def test_bad_users_are_refused(user: str) -> None:
+    with pytest.raises(CredentialError):
+        make_credential("k", user, now=0, ttl=60)

@@ -1,0 +1,206 @@
+"""HTTPS, /api/turn and static files on a real server."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import socket
+import ssl
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from tests.conftest import REPO, ServerProcess
+
+
+def fetch(
+    server: ServerProcess,
+    path: str,
+    *,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(
+        server.base + path, data=body, method=method, headers=headers or {}
+    )
+    ctx = server.ssl_context() if server.tls else None
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def raw_get(server: ServerProcess, target: str) -> bytes:
+    """GET with the request target sent exactly as written (no client-side normalising)."""
+    sock = server.raw_socket()
+    sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    sock.close()
+    return data
+
+
+def test_tls_certificate_generated_with_sans_and_private_key(server: ServerProcess) -> None:
+    cert_path = server.workdir / "certs" / "cert.pem"
+    key_path = server.workdir / "certs" / "key.pem"
+    assert key_path.stat().st_mode & 0o777 == 0o600
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in san.get_values_for_type(x509.DNSName)
+    ips = {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+    assert {"127.0.0.1", "::1"} <= ips
+    server.wait_for_log("self-signed certificate")
+    # The client verifies the chain and the 127.0.0.1 SAN (no CERT_NONE anywhere).
+    status, _, _ = fetch(server, "/")
+    assert status == 200
+
+
+def test_plain_http_is_refused_on_the_tls_port(server: ServerProcess) -> None:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = sock.recv(4096)
+    sock.close()
+    assert not data.startswith(b"HTTP/1.1 200")
+
+
+def test_api_turn_get_returns_coturn_compatible_credentials(server: ServerProcess) -> None:
+    before = int(time.time())
+    status, headers, body = fetch(server, "/api/turn?service=turn&username=flutter-webrtc")
+    assert status == 200
+    assert headers["Access-Control-Allow-Origin"] == "*"
+    assert headers["Content-Type"].startswith("application/json")
+    data = json.loads(body)
+    expiry, _, user = data["username"].partition(":")
+    assert user == "flutter-webrtc"
+    assert before + 86400 <= int(expiry) <= int(time.time()) + 86400
+    expected = base64.b64encode(
+        hmac.new(b"test-secret", data["username"].encode(), hashlib.sha1).digest()
+    ).decode()
+    assert data["password"] == expected
+    assert data["ttl"] == 86400
+    assert data["uris"] == [
+        "turn:127.0.0.1:19302?transport=udp",
+        "turn:127.0.0.1:19302?transport=tcp",
+        "turns:127.0.0.1:5349?transport=tcp",
+    ]
+
+
+def test_api_turn_post_form_and_json(server: ServerProcess) -> None:
+    status, headers, body = fetch(
+        server,
+        "/api/turn",
+        method="POST",
+        body=b"service=turn&username=bob",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert status == 200 and json.loads(body)["username"].endswith(":bob")
+    assert headers["Access-Control-Allow-Origin"] == "*"
+    status, _, body = fetch(
+        server,
+        "/api/turn",
+        method="POST",
+        body=json.dumps({"service": "turn", "username": "carol"}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert status == 200 and json.loads(body)["username"].endswith(":carol")
+
+
+def test_api_turn_preflight(server: ServerProcess) -> None:
+    status, headers, _ = fetch(server, "/api/turn", method="OPTIONS")
+    assert status == 204
+    assert headers["Access-Control-Allow-Origin"] == "*"
+    assert "POST" in headers["Access-Control-Allow-Methods"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "?username=bob",
+        "?service=stun&username=bob",
+        "?service=turn",
+        "?service=turn&username=",
+        "?service=turn&username=a:b",
+        "?service=turn&username=" + "x" * 200,
+    ],
+)
+def test_api_turn_bad_input_is_400_json(server: ServerProcess, query: str) -> None:
+    status, headers, body = fetch(server, "/api/turn" + query)
+    assert status == 400
+    assert headers["Access-Control-Allow-Origin"] == "*"
+    assert json.loads(body)["error"]
+
+
+def test_api_turn_uses_request_host_without_public_ip(tmp_path: Path) -> None:
+    srv = ServerProcess(tmp_path, tls=False, extra={"turn.public_ip": "", "turn.tls_port": "0"})
+    try:
+        status, _, body = fetch(
+            srv, "/api/turn?service=turn&username=u", headers={"Host": "turn.example.org:8086"}
+        )
+        assert status == 200
+        assert json.loads(body)["uris"] == [
+            "turn:turn.example.org:19302?transport=udp",
+            "turn:turn.example.org:19302?transport=tcp",
+        ]
+    finally:
+        srv.stop()
+
+
+def test_static_index_and_mime_types(server: ServerProcess) -> None:
+    status, headers, body = fetch(server, "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert body == (REPO / "web" / "index.html").read_bytes()
+    for path, mime in (
+        ("/app.js", "text/javascript"),
+        ("/style.css", "text/css"),
+        ("/assets/info.json", "application/json"),
+    ):
+        status, headers, _ = fetch(server, path)
+        assert status == 200 and headers["Content-Type"].startswith(mime), (path, headers)
+    status, headers, _ = fetch(server, "/index.html")
+    assert status == 200
+
+
+def test_directory_serves_its_index(tmp_path: Path) -> None:
+    root = tmp_path / "site"
+    (root / "sub").mkdir(parents=True)
+    (root / "index.html").write_text("top")
+    (root / "sub" / "index.html").write_text("inner")
+    (tmp_path / "secret.txt").write_text("TOP-SECRET")
+    srv = ServerProcess(tmp_path, tls=False, extra={"general.html_root": str(root)})
+    try:
+        assert fetch(srv, "/sub/")[2] == b"inner"
+        assert fetch(srv, "/sub")[2] == b"inner"
+        assert fetch(srv, "/nope.html")[0] == 404
+        for target in (
+            "/../secret.txt",
+            "/%2e%2e/secret.txt",
+            "/..%2fsecret.txt",
+            "/sub/%2e%2e/%2e%2e/secret.txt",
+            "/%2e%2e%2fsecret.txt",
+            "/sub/..%5c..%5csecret.txt",
+            "//etc/passwd",
+            "/%00",
+        ):
+            response = raw_get(srv, target)
+            assert b"TOP-SECRET" not in response and b"root:" not in response, target
+            assert response.split(b" ", 2)[1] in (b"400", b"404"), (target, response[:80])
+    finally:
+        srv.stop()
+
+
+def test_ssl_verification_fails_for_a_wrong_hostname(server: ServerProcess) -> None:
+    ctx = server.ssl_context()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        ctx.wrap_socket(sock, server_hostname="not-this-host.example")
+    sock.close()

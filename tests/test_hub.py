@@ -1,0 +1,321 @@
+"""The hub's routing and registration rules (docs/protocol.md §3, §4), without sockets.
+
+Time is passed in; the coalescing of peers lists is checked by moving ``now`` by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+from flaskrtc.signal.hub import (
+    CLOSE_TAKEN_OVER,
+    Action,
+    Broadcast,
+    Close,
+    Hub,
+    Send,
+    default_interval,
+)
+
+
+def msg(type_: str, data: Any = None) -> bytes:
+    return json.dumps({"type": type_, "data": data}).encode()
+
+
+class Wire:
+    """Delivers hub actions into per-connection inboxes, as the shell would."""
+
+    def __init__(self, hub: Hub | None = None) -> None:
+        self.hub = hub or Hub(interval=lambda n: 0.0)
+        self.inbox: dict[object, list[dict[str, Any]]] = defaultdict(list)
+        self.closed: dict[object, int] = {}
+        self.now = 0.0
+
+    def deliver(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                self.inbox[action.conn].append(json.loads(action.text))
+            elif isinstance(action, Broadcast):
+                for conn in action.conns:
+                    self.inbox[conn].append(json.loads(action.text))
+            elif isinstance(action, Close):
+                self.closed[action.conn] = action.code
+
+    def send(self, conn: object, type_: str, data: Any = None) -> None:
+        self.deliver(self.hub.receive(conn, msg(type_, data), self.now))
+
+    def drop(self, conn: object) -> None:
+        self.deliver(self.hub.disconnect(conn, self.now))
+
+    def tick(self, dt: float) -> None:
+        self.now += dt
+        self.deliver(self.hub.poll(self.now))
+
+    def join(self, conn: object, peer_id: str, name: str = "") -> None:
+        self.send(conn, "new", {"id": peer_id, "name": name, "user_agent": "ua-" + peer_id})
+
+    def take(self, conn: object) -> list[dict[str, Any]]:
+        got, self.inbox[conn] = self.inbox[conn], []
+        return got
+
+    def last_peers(self, conn: object) -> list[str]:
+        lists = [m["data"] for m in self.inbox[conn] if m["type"] == "peers"]
+        return [p["id"] for p in lists[-1]]
+
+
+def test_new_sends_peers_to_everyone_including_sender_in_registration_order() -> None:
+    w = Wire()
+    w.join("c1", "111", "alice")
+    assert w.take("c1") == [
+        {"type": "peers", "data": [{"id": "111", "name": "alice", "user_agent": "ua-111"}]}
+    ]
+    w.join("c2", "222", "bob")
+    for conn in ("c1", "c2"):
+        got = w.take(conn)
+        assert [m["type"] for m in got] == ["peers"]
+        assert [p["id"] for p in got[0]["data"]] == ["111", "222"]
+
+
+def test_offer_answer_candidate_forwarded_with_from_set_by_server_and_fields_kept() -> None:
+    w = Wire()
+    w.join("c1", "1")
+    w.join("c2", "2")
+    w.take("c1"), w.take("c2")
+    data = {
+        "to": "2",
+        "from": "999",
+        "session_id": "1-2",
+        "media": "video",
+        "description": {"sdp": "v=0", "type": "offer"},
+        "unknown": {"k": 1},
+    }
+    w.send("c1", "offer", data)
+    assert w.take("c2") == [{"type": "offer", "data": {**data, "from": "1"}}]
+    assert w.take("c1") == []
+    w.send("c2", "answer", {"to": "1", "session_id": "1-2", "description": {"sdp": "a"}})
+    assert w.take("c1")[0]["data"]["from"] == "2"
+    cand = {"sdpMLineIndex": 0, "sdpMid": "0", "candidate": "candidate:x"}
+    w.send("c2", "candidate", {"to": "1", "session_id": "1-2", "candidate": cand})
+    got = w.take("c1")[0]
+    assert got["type"] == "candidate" and got["data"]["candidate"] == cand
+
+
+def test_unknown_to_gets_an_error() -> None:
+    w = Wire()
+    w.join("c1", "1")
+    w.take("c1")
+    w.send("c1", "offer", {"to": "nobody", "description": {}})
+    assert w.take("c1") == [
+        {"type": "error", "data": {"request": "offer", "reason": "peer 'nobody' is not registered"}}
+    ]
+
+
+def test_messages_before_new_get_errors_and_register_nothing() -> None:
+    w = Wire()
+    w.join("c2", "2")
+    w.take("c2")
+    for type_, data in (
+        ("offer", {"to": "2", "description": {}}),
+        ("answer", {"to": "2", "description": {}}),
+        ("candidate", {"to": "2", "candidate": {}}),
+        ("bye", {"session_id": "1-2"}),
+        ("leave", None),
+    ):
+        w.send("c1", type_, data)
+        got = w.take("c1")
+        assert got[0]["type"] == "error" and got[0]["data"]["request"] == type_
+        assert "send 'new' first" in got[0]["data"]["reason"]
+    assert w.take("c2") == []
+    assert w.hub.peer_ids() == ["2"]
+
+
+def test_keepalive_echoed_to_sender_only_even_before_new() -> None:
+    w = Wire()
+    w.join("c2", "2")
+    w.take("c2")
+    w.send("c1", "keepalive", {"n": 1})
+    assert w.take("c1") == [{"type": "keepalive", "data": {"n": 1}}]
+    assert w.take("c2") == []
+
+
+def test_bye_goes_to_both_sides_including_sender() -> None:
+    w = Wire()
+    w.join("c1", "1")
+    w.join("c2", "2")
+    w.take("c1"), w.take("c2")
+    w.send("c2", "bye", {"session_id": "1-2", "from": "2"})
+    assert w.take("c1") == [{"type": "bye", "data": {"session_id": "1-2", "to": "1"}}]
+    assert w.take("c2") == [{"type": "bye", "data": {"session_id": "1-2", "to": "2"}}]
+
+
+def test_bye_with_dashed_ids_splits_on_the_senders_id() -> None:
+    w = Wire()
+    w.join("c1", "a-b")
+    w.join("c2", "c-d")
+    w.take("c1"), w.take("c2")
+    w.send("c1", "bye", {"session_id": "a-b-c-d"})
+    assert w.take("c2") == [{"type": "bye", "data": {"session_id": "a-b-c-d", "to": "c-d"}}]
+    assert w.take("c1") == [{"type": "bye", "data": {"session_id": "a-b-c-d", "to": "a-b"}}]
+
+
+def test_bye_rules_sender_must_be_a_side_and_gone_peer_is_an_error() -> None:
+    w = Wire()
+    w.join("c1", "1")
+    w.join("c2", "2")
+    w.take("c1"), w.take("c2")
+    for sid in ("2-3", "12", "1-", "-1", "x"):
+        w.send("c1", "bye", {"session_id": sid})
+        got = w.take("c1")
+        assert got[0]["type"] == "error" and got[0]["data"]["request"] == "bye", sid
+    assert w.take("c2") == []
+    w.send("c1", "bye", {"session_id": "1-7"})
+    got = w.take("c1")
+    assert got[0] == {"type": "bye", "data": {"session_id": "1-7", "to": "1"}}
+    assert got[1]["type"] == "error" and "'7' is not registered" in got[1]["data"]["reason"]
+
+
+def test_disconnect_sends_leave_with_leaving_id_once_then_peers() -> None:
+    w = Wire()
+    for i in range(1, 4):
+        w.join(f"c{i}", str(i))
+    for i in range(1, 4):
+        w.take(f"c{i}")
+    w.drop("c2")
+    for conn in ("c1", "c3"):
+        got = w.take(conn)
+        assert got[0] == {"type": "leave", "data": "2"}
+        assert got[1]["type"] == "peers" and [p["id"] for p in got[1]["data"]] == ["1", "3"]
+        assert len(got) == 2
+    w.drop("c2")  # a second disconnect of the same connection changes nothing
+    assert w.take("c1") == [] and w.take("c3") == []
+
+
+def test_leave_message_unregisters_but_connection_may_register_again() -> None:
+    w = Wire()
+    w.join("c1", "1")
+    w.join("c2", "2")
+    w.take("c1"), w.take("c2")
+    w.send("c2", "leave", {})
+    assert w.take("c1")[0] == {"type": "leave", "data": "2"}
+    assert w.hub.peer_ids() == ["1"]
+    w.drop("c2")  # the later disconnect sends no second leave
+    assert w.take("c1") == []
+    w.join("c3", "3")
+    assert w.hub.peer_ids() == ["1", "3"]
+
+
+def test_new_again_with_other_id_replaces_registration() -> None:
+    w = Wire()
+    w.join("c1", "1")
+    w.join("c2", "2")
+    w.take("c1"), w.take("c2")
+    w.join("c2", "5")
+    assert w.last_peers("c1") == ["1", "5"]
+    got = w.take("c1")
+    assert got[0] == {"type": "leave", "data": "2"}
+    assert [m["type"] for m in got] == ["leave", "peers"]
+    assert w.hub.peer_ids() == ["1", "5"]
+
+
+def test_new_again_with_same_id_updates_name_in_place() -> None:
+    w = Wire()
+    w.join("c1", "1", "a")
+    w.join("c2", "2", "b")
+    w.join("c1", "1", "renamed")
+    got = w.take("c2")[-1]
+    assert got["data"][0] == {"id": "1", "name": "renamed", "user_agent": "ua-1"}
+    assert not any(m["type"] == "leave" for m in w.take("c1"))
+
+
+def test_takeover_of_duplicate_id_closes_old_without_ghost() -> None:
+    w = Wire()
+    w.join("old", "7")
+    w.join("c2", "2")
+    w.take("old"), w.take("c2")
+    w.join("new", "7")
+    got = w.take("old")
+    assert got[0]["type"] == "error" and got[0]["data"]["request"] == "new"
+    assert w.closed == {"old": CLOSE_TAKEN_OVER}
+    assert w.hub.peer_ids() == ["2", "7"]
+    assert w.hub.peer_of("old") is None and w.hub.peer_of("new") == "7"
+    assert w.last_peers("c2") == ["2", "7"]
+    assert not any(m["type"] == "leave" for m in w.take("c2"))
+    w.take("new")
+    # When the old socket finally closes, nobody is told that "7" left.
+    w.drop("old")
+    assert w.take("c2") == [] and w.take("new") == []
+    assert w.hub.peer_ids() == ["2", "7"]
+
+
+def test_bad_message_gets_error_and_state_is_kept() -> None:
+    w = Wire()
+    w.join("c1", "1")
+    w.take("c1")
+    w.deliver(w.hub.receive("c1", b"{oops", w.now))
+    assert w.take("c1")[0]["type"] == "error"
+    assert w.hub.peer_of("c1") == "1"
+
+
+def test_peers_lists_are_coalesced_within_the_interval() -> None:
+    w = Wire(Hub(interval=lambda n: 1.0))
+    w.join("c1", "1")  # first broadcast goes out at once
+    assert w.last_peers("c1") == ["1"]
+    w.take("c1")
+    w.tick(0.1)
+    w.join("c2", "2")
+    w.join("c3", "3")
+    # Newcomers get the current list at once; c1 waits for the coalesced broadcast.
+    assert w.take("c2")[-1]["type"] == "peers"
+    assert w.last_peers("c3") == ["1", "2", "3"]
+    w.take("c3")
+    assert w.take("c1") == []
+    assert w.hub.next_deadline() == 1.0
+    w.tick(0.5)
+    assert w.take("c1") == []
+    w.tick(0.4)  # now == 1.0
+    assert w.last_peers("c1") == ["1", "2", "3"]
+    assert len(w.take("c1")) == 1
+    assert w.last_peers("c3") == ["1", "2", "3"]
+    assert w.hub.next_deadline() is None
+
+
+def test_leave_is_immediate_even_when_peers_list_is_deferred() -> None:
+    w = Wire(Hub(interval=lambda n: 1.0))
+    w.join("c1", "1")
+    w.join("c2", "2")
+    w.take("c1"), w.take("c2")
+    w.drop("c2")
+    assert w.take("c1") == [{"type": "leave", "data": "2"}]
+    w.tick(1.0)
+    assert w.last_peers("c1") == ["1"]
+
+
+def test_storm_of_joins_costs_far_less_than_naive_broadcast() -> None:
+    hub = Hub()
+    sent = 0
+    naive = 0
+    now = 0.0
+    n = 1000
+    for i in range(n):
+        now = i * 0.005  # 1000 joins in 5 s
+        for action in hub.receive(i, msg("new", {"id": str(i)}), now):
+            if isinstance(action, Broadcast):
+                sent += len(action.text) * len(action.conns)
+            elif isinstance(action, Send):
+                sent += len(action.text)
+        naive += len(hub.peers_message()) * (i + 1)
+        for action in hub.poll(now):
+            assert isinstance(action, Broadcast)
+            sent += len(action.text) * len(action.conns)
+    final = hub.poll(now + default_interval(n))
+    assert final and isinstance(final[0], Broadcast) and len(final[0].conns) == n
+    sent += len(final[0].text) * n
+    assert sent * 20 < naive, (sent, naive)
+
+
+def test_interval_grows_with_peers_and_is_capped() -> None:
+    assert default_interval(2) < 0.01
+    assert default_interval(100) == 0.1
+    assert default_interval(100_000) == 1.0

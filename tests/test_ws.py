@@ -1,0 +1,446 @@
+"""/ws on the wire: a real flaskrtc process, real WebSocket clients (docs/protocol.md)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import struct
+import threading
+import time
+from typing import Any
+
+import pytest
+import websocket
+
+from flaskrtc.signal.wsframe import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_TEXT,
+    CloseReceived,
+    FrameDecoder,
+    Message,
+    encode_close,
+    encode_frame,
+)
+from tests.conftest import Client, ServerProcess
+
+MASK = b"\x01\x02\x03\x04"
+
+
+def new_id() -> str:
+    return base64.b32encode(os.urandom(5)).decode()
+
+
+class RawClient:
+    """A hand-made client: the native apps' handshake and frames we build ourselves."""
+
+    def __init__(self, server: ServerProcess, key: str, extra_headers: str = "") -> None:
+        self.sock = server.raw_socket()
+        request = (
+            "GET /ws HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{server.port}\r\n"
+            "Upgrade: websocket\r\n"
+            "Connection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n"
+            f"{extra_headers}\r\n"
+        )
+        self.sock.sendall(request.encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+        self.status_line, _, rest = head.partition(b"\r\n")
+        self.headers, _, leftover = rest.partition(b"\r\n\r\n")
+        self.decoder = FrameDecoder(1 << 24, require_mask=False)
+        self.events: list[Any] = []
+        if leftover:
+            self.events += self.decoder.feed(leftover)
+
+    def send_json(self, obj: Any, opcode: int = OP_TEXT) -> None:
+        self.sock.sendall(encode_frame(opcode, json.dumps(obj).encode(), mask=MASK))
+
+    def next_event(self, timeout: float = 10) -> Any:
+        """The next frame event, skipping ``{}`` keepalives; None at EOF."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while self.events:
+                event = self.events.pop(0)
+                if isinstance(event, Message) and event.data == b"{}":
+                    continue
+                return event
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            self.events += self.decoder.feed(data)
+
+    def next_json(self, timeout: float = 10) -> Any:
+        event = self.next_event(timeout)
+        assert isinstance(event, Message), event
+        return json.loads(event.data)
+
+
+def test_register_gets_peers_including_self(server: ServerProcess) -> None:
+    a = server.connect()
+    pid = new_id()
+    a.register(pid, "alice", "flutter")
+    peers = a.expect("peers")["data"]
+    assert {"id": pid, "name": "alice", "user_agent": "flutter"} in peers
+    a.close()
+
+
+def test_native_app_handshake_8_byte_key_no_origin(server: ServerProcess) -> None:
+    # The Flutter apps send base64 of 8 bytes, lower-cased, and no Origin header.
+    key = base64.b64encode(os.urandom(8)).decode().lower()
+    assert len(key) == 12
+    raw = RawClient(server, key)
+    assert raw.status_line.startswith(b"HTTP/1.1 101"), raw.status_line
+    assert b"sec-websocket-protocol" not in raw.headers.lower()
+    assert b"sec-websocket-extensions" not in raw.headers.lower()
+    pid = new_id()
+    raw.send_json({"type": "new", "data": {"id": pid, "name": "phone", "user_agent": "ios"}})
+    msg = raw.next_json()
+    assert msg["type"] == "peers" and pid in [p["id"] for p in msg["data"]]
+    raw.sock.close()
+
+
+def test_malformed_key_is_refused(server: ServerProcess) -> None:
+    raw = RawClient(server, "not a key!")
+    assert raw.status_line.startswith(b"HTTP/1.1 400"), raw.status_line
+    raw.sock.close()
+
+
+def test_plain_get_on_ws_explains_itself(server: ServerProcess) -> None:
+    import urllib.request
+
+    req = urllib.request.Request(server.base + "/ws")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, context=server.ssl_context(), timeout=10)
+    assert info.value.code == 426
+
+
+def test_binary_frame_with_json_is_a_message(server: ServerProcess) -> None:
+    raw = RawClient(server, base64.b64encode(os.urandom(16)).decode())
+    pid = new_id()
+    raw.send_json({"type": "new", "data": {"id": pid}}, opcode=OP_BINARY)
+    assert raw.next_json()["type"] == "peers"
+    raw.sock.close()
+
+
+def test_offer_answer_candidate_forwarded_with_server_set_from(server: ServerProcess) -> None:
+    a, b = server.connect(), server.connect()
+    ida, idb = new_id(), new_id()
+    a.register(ida)
+    a.expect("peers")
+    b.register(idb)
+    b.expect("peers")
+    offer = {
+        "to": idb,
+        "from": "forged",
+        "session_id": f"{ida}-{idb}",
+        "media": "video",
+        "description": {"sdp": "v=0\r\n", "type": "offer"},
+        "custom": {"kept": True},
+    }
+    a.send("offer", offer)
+    assert b.expect("offer")["data"] == {**offer, "from": ida}
+    b.send("answer", {"to": ida, "session_id": offer["session_id"], "description": {"sdp": "x"}})
+    assert b.ws  # b stays open
+    got = a.expect("answer")["data"]
+    assert got["from"] == idb and got["description"] == {"sdp": "x"}
+    cand = {"sdpMLineIndex": 0, "sdpMid": "audio", "candidate": "candidate:1 1 UDP 1 h 9 typ host"}
+    b.send("candidate", {"to": ida, "session_id": offer["session_id"], "candidate": cand})
+    got = a.expect("candidate")["data"]
+    assert got["candidate"] == cand and got["from"] == idb
+    a.close()
+    b.close()
+
+
+def test_bye_reaches_both_sides(server: ServerProcess) -> None:
+    a, b = server.connect(), server.connect()
+    ida, idb = new_id(), new_id()
+    a.register(ida)
+    b.register(idb)
+    a.expect("peers")
+    b.expect("peers")
+    sid = f"{ida}-{idb}"
+    b.send("bye", {"session_id": sid, "from": idb})
+    assert a.expect("bye")["data"] == {"session_id": sid, "to": ida}
+    assert b.expect("bye")["data"] == {"session_id": sid, "to": idb}
+    a.close()
+    b.close()
+
+
+def test_keepalive_echo(server: ServerProcess) -> None:
+    a = server.connect()
+    a.send("keepalive", {"n": 42})
+    assert a.expect("keepalive") == {"type": "keepalive", "data": {"n": 42}}
+    a.close()
+
+
+@pytest.mark.parametrize(
+    ("frame", "request_type"),
+    [
+        ("{broken", ""),
+        ("[]", ""),
+        ('{"data": {}}', ""),
+        ('{"type": "teleport"}', "teleport"),
+        ('{"type": "peers", "data": []}', "peers"),
+        ('{"type": "new", "data": {"id": 5}}', "new"),
+        ('{"type": "offer", "data": {"to": "nobody-here", "description": {}}}', "offer"),
+    ],
+)
+def test_bad_input_gets_error_and_connection_stays_open(
+    server: ServerProcess, frame: str, request_type: str
+) -> None:
+    a = server.connect()
+    if request_type == "offer":
+        a.register(new_id())
+        a.expect("peers")
+    a.ws.send(frame)
+    err = a.expect("error")
+    assert err["data"]["request"] == request_type and err["data"]["reason"]
+    # Still open and usable.
+    a.send("keepalive", {"after": "error"})
+    assert a.expect("keepalive")["data"] == {"after": "error"}
+    a.close()
+
+
+def test_invalid_utf8_text_frame_gets_error_not_a_close(server: ServerProcess) -> None:
+    raw = RawClient(server, base64.b64encode(os.urandom(16)).decode())
+    raw.sock.sendall(encode_frame(OP_TEXT, b'{"type":"\xff"}', mask=MASK))
+    msg = raw.next_json()
+    assert msg["type"] == "error" and "UTF-8" in msg["data"]["reason"]
+    raw.send_json({"type": "keepalive", "data": {}})
+    assert raw.next_json()["type"] == "keepalive"
+    raw.sock.close()
+
+
+def test_message_before_new_is_refused(server: ServerProcess) -> None:
+    a = server.connect()
+    a.send("offer", {"to": "x", "description": {}})
+    err = a.expect("error")
+    assert err["data"]["request"] == "offer" and "new" in err["data"]["reason"]
+    a.close()
+
+
+def test_disconnect_sends_leaving_id_once_then_peers(fresh_server: ServerProcess) -> None:
+    a, b, c = (fresh_server.connect() for _ in range(3))
+    a.register("1")
+    a.expect_peers(["1"])
+    b.register("2")
+    b.expect_peers(["1", "2"])
+    c.register("3")
+    a.expect_peers(["1", "2", "3"])
+    c.expect_peers(["1", "2", "3"])
+    b.close()  # a clean close
+    for client in (a, c):
+        assert client.recv() == {"type": "leave", "data": "2"}
+        assert [p["id"] for p in client.expect("peers")["data"]] == ["1", "3"]
+    # Exactly once: nothing but keepalives follows.
+    a.send("keepalive", {"probe": 1})
+    assert a.recv()["type"] == "keepalive"
+    a.close()
+    assert c.recv() == {"type": "leave", "data": "1"}
+    c.close()
+
+
+def test_abrupt_tcp_reset_removes_peer_exactly_once(fresh_server: ServerProcess) -> None:
+    a = fresh_server.connect()
+    a.register("alive")
+    a.expect_peers(["alive"])
+    raw = RawClient(fresh_server, base64.b64encode(os.urandom(16)).decode())
+    raw.send_json({"type": "new", "data": {"id": "doomed"}})
+    assert raw.next_json()["type"] == "peers"
+    a.expect_peers(["alive", "doomed"])
+    # SO_LINGER 0: close() sends a RST instead of a FIN.
+    raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    raw.sock.close()
+    assert a.recv() == {"type": "leave", "data": "doomed"}
+    assert a.expect_peers(["alive"])
+    a.send("keepalive", {"probe": 2})
+    assert a.recv()["type"] == "keepalive"  # no second leave in between
+    fresh_server.wait_for_log(r"ws#\d+ .*disconnected")
+    a.close()
+
+
+def test_takeover_of_duplicate_id(fresh_server: ServerProcess) -> None:
+    other = fresh_server.connect()
+    other.register("other")
+    other.expect_peers(["other"])
+    old = RawClient(fresh_server, base64.b64encode(os.urandom(8)).decode().lower())
+    old.send_json({"type": "new", "data": {"id": "777", "name": "before"}})
+    assert old.next_json()["type"] == "peers"
+    other.expect_peers(["other", "777"])
+    new = fresh_server.connect()
+    new.register("777", "after")
+    peers = new.expect_peers(["other", "777"])
+    assert peers[1]["name"] == "after"
+    err = old.next_json()
+    assert err["type"] == "error" and err["data"]["request"] == "new"
+    close = old.next_event()
+    assert isinstance(close, CloseReceived) and close.code == 4409
+    old.sock.sendall(encode_close(4409, mask=MASK))
+    assert old.next_event() is None  # the server closes the TCP connection
+    old.sock.close()
+    listed = other.expect_peers(["other", "777"])
+    assert listed[1]["name"] == "after"
+    # The old connection's end is no "leave" and leaves no ghost.
+    other.send("keepalive", {})
+    assert other.recv()["type"] == "keepalive"
+    new.send("offer", {"to": "other", "description": {"sdp": ""}})
+    assert other.expect("offer")["data"]["from"] == "777"
+    other.close()
+    new.close()
+
+
+def test_close_frame_is_answered_and_tcp_closed(server: ServerProcess) -> None:
+    raw = RawClient(server, base64.b64encode(os.urandom(16)).decode())
+    raw.sock.sendall(encode_close(1000, "bye", mask=MASK))
+    event = raw.next_event()
+    assert isinstance(event, CloseReceived) and event.code == 1000
+    assert raw.next_event() is None
+    raw.sock.close()
+
+
+def test_oversize_frame_closes_with_1009_and_server_keeps_serving(tmp_path: Any) -> None:
+    srv = ServerProcess(tmp_path, extra={"general.max_message_size": "4096"})
+    try:
+        watcher = srv.connect()
+        watcher.register("watcher")
+        watcher.expect_peers(["watcher"])
+        raw = RawClient(srv, base64.b64encode(os.urandom(16)).decode())
+        raw.send_json({"type": "new", "data": {"id": "big"}})
+        assert raw.next_json()["type"] == "peers"
+        # Only the header announcing 8 MiB is sent: the server must not wait for the body.
+        header = bytes([0x81, 0x80 | 127]) + struct.pack("!Q", 8 << 20) + MASK
+        raw.sock.sendall(header + b"x" * 1000)
+        event = raw.next_event()
+        assert isinstance(event, CloseReceived) and event.code == 1009
+        raw.sock.close()
+        assert watcher.recv() == {"type": "leave", "data": "big"}
+        # A message just under the limit still goes through.
+        watcher.send("keepalive", {"pad": "x" * 3900})
+        assert watcher.expect("keepalive")["data"]["pad"] == "x" * 3900
+        watcher.close()
+    finally:
+        srv.stop()
+
+
+def test_keepalive_frames_arrive_every_period(tmp_path: Any) -> None:
+    srv = ServerProcess(tmp_path, extra={"general.keepalive": "0.2"})
+    try:
+        raw = RawClient(srv, base64.b64encode(os.urandom(16)).decode())
+        frames = 0
+        deadline = time.monotonic() + 10
+        while frames < 3 and time.monotonic() < deadline:
+            raw.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            for event in raw.decoder.feed(raw.sock.recv(4096)):
+                assert isinstance(event, Message) and event.data == b"{}"
+                assert not event.binary  # a TEXT frame
+                frames += 1
+        assert frames >= 3
+        raw.sock.close()
+    finally:
+        srv.stop()
+
+
+def test_fifty_concurrent_joins_all_see_the_full_list(fresh_server: ServerProcess) -> None:
+    n = 50
+    ids = [f"p{i:02d}" for i in range(n)]
+    clients: list[Client] = [fresh_server.connect() for _ in range(n)]
+    barrier = threading.Barrier(n)
+    errors: list[BaseException] = []
+    finals: dict[str, list[str]] = {}
+
+    def join(client: Client, peer_id: str) -> None:
+        try:
+            barrier.wait(10)
+            client.register(peer_id)
+            deadline = time.monotonic() + 20
+            while True:
+                msg = client.expect("peers", max(0.01, deadline - time.monotonic()))
+                got = [p["id"] for p in msg["data"]]
+                if len(got) == n:
+                    finals[peer_id] = got
+                    return
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    pairs = zip(clients, ids, strict=True)
+    threads = [threading.Thread(target=join, args=pair) for pair in pairs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors[:3]
+    assert len(finals) == n
+    for got in finals.values():
+        assert sorted(got) == ids and len(set(got)) == n
+    assert len({tuple(v) for v in finals.values()}) == 1  # everyone agrees on the order
+    for c in clients:
+        c.close()
+
+
+def test_many_senders_to_one_receiver_all_delivered(fresh_server: ServerProcess) -> None:
+    # Several greenlets on the server send to one socket at once: one writer per
+    # connection keeps frames whole (gevent-websocket alone raises ConcurrentObjectUseError).
+    target = fresh_server.connect()
+    target.register("target")
+    target.expect_peers(["target"])
+    senders = [fresh_server.connect() for _ in range(8)]
+    for i, s in enumerate(senders):
+        s.register(f"s{i}")
+        s.expect("peers")
+    per_sender = 50
+    blob = "y" * 20000
+
+    def blast(i: int, s: Client) -> None:
+        for k in range(per_sender):
+            s.send("candidate", {"to": "target", "candidate": {"k": k, "blob": blob}})
+
+    threads = [threading.Thread(target=blast, args=(i, s)) for i, s in enumerate(senders)]
+    for t in threads:
+        t.start()
+    seen: dict[str, list[int]] = {}
+    while sum(len(v) for v in seen.values()) < per_sender * len(senders):
+        msg = target.expect("candidate")
+        assert msg["data"]["candidate"]["blob"] == blob
+        seen.setdefault(msg["data"]["from"], []).append(msg["data"]["candidate"]["k"])
+    for t in threads:
+        t.join(10)
+    for ks in seen.values():
+        assert ks == list(range(per_sender))  # in order per sender, none lost
+    assert not any("Traceback" in line for line in fresh_server.lines)
+    for c in [target, *senders]:
+        c.close()
+
+
+def test_log_has_one_line_per_open_close_and_registration(fresh_server: ServerProcess) -> None:
+    a = fresh_server.connect()
+    a.register("logged")
+    a.expect("peers")
+    for i in range(20):
+        a.send("keepalive", {"i": i})
+        a.expect("keepalive")
+    a.close()
+    fresh_server.wait_for_log(r"peer logged\b.*disconnected|disconnected")
+    mine = [line for line in fresh_server.lines if " signal " in line]
+    assert len([line for line in mine if "connected" in line and "dis" not in line]) == 1
+    assert len([line for line in mine if "registered" in line]) == 1
+    assert len([line for line in mine if "disconnected" in line]) == 1
+    assert len(mine) == 3, mine
+
+
+def test_client_close_code_is_echoed_via_websocket_client(server: ServerProcess) -> None:
+    ws = websocket.create_connection(server.ws_url, timeout=10, sslopt=server.sslopt())
+    ws.send_close(status=1000, reason=b"done")
+    # websocket-client reads the server's close frame in recv_data
+    opcode, data = ws.recv_data(control_frame=True)
+    assert opcode == OP_CLOSE and struct.unpack("!H", data[:2])[0] == 1000
+    ws.shutdown()
