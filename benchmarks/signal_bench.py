@@ -125,7 +125,8 @@ def start_server(workdir: Path, keepalive: float = 5.0) -> tuple[subprocess.Pope
     for line in proc.stdout:
         found = re.search(r"listening on https?://[^ ]+:(\d+)", line)
         if found:
-            gevent.spawn(lambda: [None for _ in proc.stdout])  # type: ignore[union-attr]
+            stdout = proc.stdout
+            gevent.spawn(lambda: [None for _ in stdout])  # drain, so the server never blocks
             return proc, int(found.group(1))
         if time.monotonic() > deadline:
             break

@@ -10,6 +10,8 @@ from typing import Any
 
 import gevent
 import gevent.event
+import gevent.socket
+import gevent.ssl
 from gevent.pywsgi import WSGIServer
 
 from flaskrtc import __version__
@@ -86,11 +88,11 @@ def build_server(config: Config) -> tuple[WSGIServer, SignalServer]:
         try:
             if ensure_certificate(cert, key, hosts):
                 log.info("generated a self-signed certificate: %s (key %s)", cert, key)
-            kwargs["ssl_context"] = make_ssl_context(cert, key)
+            kwargs["ssl_context"] = make_ssl_context(cert, key, gevent.ssl.SSLContext)
         except (OSError, ValueError, TypeError) as err:
             raise StartupError(f"TLS certificate {cert} / key {key}: {err}") from err
     family = socket.AF_INET6 if ":" in general.bind else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener = gevent.socket.socket(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         listener.bind((general.bind, general.port))

@@ -157,9 +157,14 @@ def ensure_certificate(cert_path: Path, key_path: Path, hosts: Iterable[str]) ->
     return True
 
 
-def make_ssl_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
-    """A server-side context for ``cert_path``/``key_path`` that refuses TLS below 1.2."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+def make_ssl_context(
+    cert_path: Path, key_path: Path, context_class: type[ssl.SSLContext] = ssl.SSLContext
+) -> ssl.SSLContext:
+    """A server-side context for ``cert_path``/``key_path`` that refuses TLS below 1.2.
+
+    gevent servers pass ``gevent.ssl.SSLContext`` so that wrapped sockets cooperate.
+    """
+    context = context_class(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(certfile=str(cert_path), keyfile=str(key_path))
     return context

@@ -277,7 +277,9 @@ def test_peers_lists_are_coalesced_within_the_interval() -> None:
     w.tick(0.4)  # now == 1.0
     assert w.last_peers("c1") == ["1", "2", "3"]
     assert len(w.take("c1")) == 1
-    assert w.last_peers("c3") == ["1", "2", "3"]
+    # c2 got [1, 2] on joining, so it needs the new list; c3 already holds it.
+    assert w.last_peers("c2") == ["1", "2", "3"]
+    assert w.take("c3") == []
     assert w.hub.next_deadline() is None
 
 
@@ -296,22 +298,28 @@ def test_storm_of_joins_costs_far_less_than_naive_broadcast() -> None:
     hub = Hub()
     sent = 0
     naive = 0
-    now = 0.0
     n = 1000
+    holds: dict[object, int] = {}  # conn -> length of the last list it was sent
+
+    def count(actions: list[Action]) -> int:
+        size = 0
+        for action in actions:
+            conns = action.conns if isinstance(action, Broadcast) else (action.conn,)
+            assert isinstance(action, Send | Broadcast)
+            for conn in conns:
+                size += len(action.text)
+                holds[conn] = len(json.loads(action.text)["data"])
+        return size
+
     for i in range(n):
         now = i * 0.005  # 1000 joins in 5 s
-        for action in hub.receive(i, msg("new", {"id": str(i)}), now):
-            if isinstance(action, Broadcast):
-                sent += len(action.text) * len(action.conns)
-            elif isinstance(action, Send):
-                sent += len(action.text)
+        sent += count(hub.receive(i, msg("new", {"id": str(i)}), now))
         naive += len(hub.peers_message()) * (i + 1)
-        for action in hub.poll(now):
-            assert isinstance(action, Broadcast)
-            sent += len(action.text) * len(action.conns)
-    final = hub.poll(now + default_interval(n))
-    assert final and isinstance(final[0], Broadcast) and len(final[0].conns) == n
-    sent += len(final[0].text) * n
+        sent += count(hub.poll(now))
+    deadline = hub.next_deadline()
+    assert deadline is not None and deadline <= now + default_interval(n)
+    sent += count(hub.poll(deadline))
+    assert holds == dict.fromkeys(range(n), n)  # everyone holds the complete list
     assert sent * 20 < naive, (sent, naive)
 
 
@@ -319,3 +327,21 @@ def test_interval_grows_with_peers_and_is_capped() -> None:
     assert default_interval(2) < 0.01
     assert default_interval(100) == 0.1
     assert default_interval(100_000) == 1.0
+
+
+def test_newcomer_is_not_sent_the_same_list_twice() -> None:
+    w = Wire(Hub(interval=lambda n: 1.0))
+    w.join("c1", "1")
+    w.tick(0.1)
+    w.join("c2", "2")  # deferred: c2 gets the list at once, c1 later
+    assert len(w.take("c2")) == 1
+    w.tick(1.0)
+    assert w.take("c2") == []
+    assert w.last_peers("c1") == ["1", "2"]
+    w.take("c1")
+    w.tick(0.1)
+    w.join("c3", "3")  # deferred again, and the list changes after c3 got it
+    w.drop("c1")
+    w.take("c3")
+    w.tick(1.0)
+    assert w.last_peers("c3") == ["2", "3"]

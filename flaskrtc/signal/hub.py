@@ -82,6 +82,7 @@ class _Peer:
     user_agent: str
     conn: ConnId
     entry: str  # this peer's JSON object in the peers list, encoded once
+    seen: int = -1  # the list version this peer was last sent
 
 
 class Hub:
@@ -92,6 +93,7 @@ class Hub:
         self._peers: dict[str, _Peer] = {}  # insertion order = registration order
         self._by_conn: dict[ConnId, str] = {}
         self._peers_text: str | None = None
+        self._version = 0  # bumped on every change to the list
         self._last_broadcast = float("-inf")
         self._due: float | None = None  # when the pending peers broadcast goes out
 
@@ -189,7 +191,7 @@ class Hub:
                 actions.append(Close(holder.conn, CLOSE_TAKEN_OVER, "id taken over"))
             self._peers[req.id] = _Peer(req.id, req.name, req.user_agent, conn, self._entry(req))
             self._by_conn[conn] = req.id
-        self._peers_text = None
+        self._changed()
         actions += self._schedule_peers(now, newcomer=conn)
         return actions
 
@@ -198,7 +200,7 @@ class Hub:
         if peer_id is None:
             return []
         del self._peers[peer_id]
-        self._peers_text = None
+        self._changed()
         if not self._peers:
             self._due = None
             return []
@@ -231,23 +233,35 @@ class Hub:
             )
         return actions
 
+    def _changed(self) -> None:
+        self._peers_text = None
+        self._version += 1
+
     def _schedule_peers(self, now: float, newcomer: ConnId | None = None) -> list[Action]:
-        if self._due is not None:
-            # A broadcast is already pending; it will carry this change too.
-            return [Send(newcomer, self.peers_message())] if newcomer is not None else []
-        due = self._last_broadcast + self._interval(len(self._peers))
-        if now >= due:
-            return self._broadcast_peers(now)
-        self._due = due
-        return [Send(newcomer, self.peers_message())] if newcomer is not None else []
+        if self._due is None:
+            due = self._last_broadcast + self._interval(len(self._peers))
+            if now >= due:
+                return self._broadcast_peers(now)
+            self._due = due
+        # Deferred (or already pending): the broadcast will carry this change; a newcomer
+        # gets the list now, and is skipped by that broadcast unless the list changes again.
+        if newcomer is None:
+            return []
+        self._peers[self._by_conn[newcomer]].seen = self._version
+        return [Send(newcomer, self.peers_message())]
 
     def _broadcast_peers(self, now: float) -> list[Action]:
         self._due = None
         self._last_broadcast = now
-        if not self._peers:
+        version = self._version
+        conns = []
+        for peer in self._peers.values():
+            if peer.seen != version:
+                peer.seen = version
+                conns.append(peer.conn)
+        if not conns:
             return []
-        conns = tuple(p.conn for p in self._peers.values())
-        return [Broadcast(conns, self.peers_message(), peers=True)]
+        return [Broadcast(tuple(conns), self.peers_message(), peers=True)]
 
     @staticmethod
     def _entry(req: New) -> str:

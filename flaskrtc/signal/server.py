@@ -49,6 +49,7 @@ MAX_QUEUED_BYTES = 32 * 1024 * 1024
 SEND_TIMEOUT = 30.0
 
 TRANSPORT_KEY = "flaskrtc.transport"
+WS_PATH = "/ws"
 
 
 class Transport:
@@ -71,6 +72,10 @@ class SignalingHandler(WebSocketHandler):  # type: ignore[misc]
     """
 
     def upgrade_connection(self) -> list[bytes] | None:
+        if self.environ.get("PATH_INFO") != WS_PATH:
+            # gevent-websocket would upgrade any path; only /ws speaks the protocol.
+            self.start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"WebSocket endpoint is /ws"]
         version = self.environ.get("HTTP_SEC_WEBSOCKET_VERSION")
         if version != "13":
             self.start_response("426 Upgrade Required", [("Sec-WebSocket-Version", "13")])
@@ -247,7 +252,9 @@ class Connection:
         """Carry out decoded events; True when the connection is to end."""
         for event in events:
             if isinstance(event, Message):
-                self.server.receive(self, event.data)
+                # Once closing (taken over, shutting down) nothing more is acted on.
+                if not self._closing:
+                    self.server.receive(self, event.data)
             elif isinstance(event, Ping):
                 self.enqueue(encode_frame(OP_PONG, event.payload))
             elif isinstance(event, CloseReceived):
