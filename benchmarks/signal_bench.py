@@ -87,7 +87,7 @@ class Peer:
         self.leftover = rest.partition(b"\r\n\r\n")[2]
 
     def send(self, type_: str, data: Any) -> None:
-        payload = json.dumps({"type": type_, "data": data}).encode()
+        payload = json.dumps({"type": type_, "data": data}, separators=(",", ":")).encode()
         self.sock.sendall(encode_frame(OP_TEXT, payload, mask=MASK))
 
     def messages(self) -> Any:
@@ -113,7 +113,7 @@ def start_server(workdir: Path, keepalive: float = 5.0) -> tuple[subprocess.Pope
         "[turn]\nsecret = bench\n"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flaskrtc", "--config", str(config), "--log-level", "WARNING"],
+        [sys.executable, "-m", "flaskrtc", "--config", str(config)],
         cwd=workdir,
         env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,
@@ -173,7 +173,7 @@ def bare_relay() -> tuple[StreamServer, int]:
                     pid = json.loads(event.data)["data"]["id"]
                     partner[pid] = sock
                     continue
-                target = event.data[event.data.index(b'"to": "') + 7 :].split(b'"', 1)[0]
+                target = event.data[event.data.index(b'"to":"') + 6 :].split(b'"', 1)[0]
                 dest = partner.get(target.decode())
                 if dest is not None:
                     dest.sendall(text_frame(event.data.decode()))
@@ -220,10 +220,10 @@ def forwarding(port: int, pairs: int, seconds: float) -> dict[str, float]:
         jobs.append(gevent.spawn(side, b, f"b{k}", f"a{k}", False))
     gevent.joinall(jobs, timeout=seconds + 10)
     elapsed = time.perf_counter() - start
+    gevent.killall(jobs)
     for a, b in peers:
         a.sock.close()
         b.sock.close()
-    gevent.killall(jobs, block=False)
     return {
         "msgs_per_s": count[0] / elapsed,
         "p50_ms": percentile(latencies, 50) * 1000,
@@ -285,9 +285,9 @@ def join_storm(port: int, n: int, spread: float, probes: int) -> dict[str, float
     # Naive: every join sends the list of i peers to i peers.
     entry_sizes = [len(json.dumps(e, separators=(",", ":"))) + 1 for e in final]
     naive = sum((i + 1) * (30 + sum(entry_sizes[: i + 1])) for i in range(len(entry_sizes)))
+    gevent.killall(readers)
     for p in peers:
         p.sock.close()
-    gevent.killall(readers, block=False)
     return {
         "joins_over_s": last_join - start,
         "complete": float(complete),
