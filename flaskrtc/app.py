@@ -76,7 +76,7 @@ def create_app(
     @app.after_request
     def cors(response: Response) -> Response:
         if request.path == "/api/turn":
-            # The web app may be hosted on another origin (docs/protocol.md §6).
+            # The web app may be hosted on another origin (docs/protocol.md §9).
             response.headers["Access-Control-Allow-Origin"] = "*"
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
             response.headers["Access-Control-Allow-Headers"] = "Content-Type"

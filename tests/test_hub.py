@@ -1,4 +1,4 @@
-"""The hub's routing and registration rules (docs/protocol.md §3, §4), without sockets.
+"""The hub's routing and registration rules (docs/protocol.md §3 to §6), without sockets.
 
 Time is passed in; the coalescing of peers lists is checked by moving ``now`` by hand.
 """

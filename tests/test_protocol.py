@@ -1,4 +1,4 @@
-"""Parsing and validation of signaling messages (docs/protocol.md §2, §3, §5)."""
+"""Parsing and validation of signaling messages (docs/protocol.md §2, §3, §7)."""
 
 from __future__ import annotations
 

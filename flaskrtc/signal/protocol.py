@@ -110,7 +110,7 @@ def _object(request: str, value: Any, what: str) -> dict[str, Any]:
 def parse(payload: bytes) -> Request:
     """Parse one WebSocket message (TEXT or BINARY, UTF-8 JSON) into a request.
 
-    Raises ProtocolError for anything docs/protocol.md §5 calls bad input.
+    Raises ProtocolError for anything docs/protocol.md §7 calls bad input.
     """
     try:
         text = payload.decode("utf-8")
