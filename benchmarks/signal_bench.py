@@ -104,6 +104,12 @@ class Peer:
             self.received += len(data)
 
 
+def drain(stream: Any) -> None:
+    """Read and drop the server's log, so that it never blocks on a full pipe."""
+    for _ in stream:
+        pass
+
+
 def start_server(workdir: Path, keepalive: float = 5.0) -> tuple[subprocess.Popen[str], int]:
     """Start flaskrtc without TLS on an ephemeral port; return the process and the port."""
     config = workdir / "config.ini"
@@ -125,8 +131,7 @@ def start_server(workdir: Path, keepalive: float = 5.0) -> tuple[subprocess.Pope
     for line in proc.stdout:
         found = re.search(r"listening on https?://[^ ]+:(\d+)", line)
         if found:
-            stdout = proc.stdout
-            gevent.spawn(lambda: [None for _ in stdout])  # drain, so the server never blocks
+            gevent.spawn(drain, proc.stdout)
             return proc, int(found.group(1))
         if time.monotonic() > deadline:
             break
