@@ -489,3 +489,48 @@ def test_messages_after_takeover_close_are_not_acted_on(fresh_server: ServerProc
         assert [p["name"] for p in lists[-1] if p["id"] == "dup"] == ["new"]
     watcher.close()
     new.close()
+
+
+def test_slow_consumer_is_dropped_and_others_are_told(fresh_server: ServerProcess) -> None:
+    sender = fresh_server.connect()
+    sender.register("sender")
+    sender.expect_peers(["sender"])
+    sink = RawClient(fresh_server, base64.b64encode(os.urandom(16)).decode())
+    sink.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sink.send_json({"type": "new", "data": {"id": "sink"}})
+    sender.expect_peers(["sender", "sink"])
+    # The sink never reads: 60 messages of ~900 KB is well over the 32 MiB the server will queue.
+    blob = "z" * 900_000
+    sent = 0
+    for _ in range(60):
+        try:
+            sender.send("candidate", {"to": "sink", "candidate": {"blob": blob}})
+        except (BrokenPipeError, websocket.WebSocketException):
+            break
+        sent += 1
+        if "dropping slow connection" in "\n".join(fresh_server.lines[-5:]):
+            break
+    assert sender.expect("leave", timeout=30) == {"type": "leave", "data": "sink"}
+    fresh_server.wait_for_log(r"ws#\d+ .*peer sink: \d+ bytes unsent, dropping slow connection")
+    # The server is fine, and the sender's connection too (candidates sent after the drop
+    # are answered with errors: the sink is gone).
+    sender.send("keepalive", {"after": sent})
+    msg = sender.recv()
+    while msg["type"] != "keepalive":
+        assert msg["type"] in ("peers", "error"), msg
+        if msg["type"] == "error":
+            assert msg["data"]["reason"] == "peer 'sink' is not registered"
+        msg = sender.recv()
+    assert msg["data"] == {"after": sent}
+    sink.sock.close()
+    sender.close()
+
+
+def test_ping_is_answered_with_pong(server: ServerProcess) -> None:
+    from flaskrtc.signal.wsframe import OP_PING, Pong
+
+    raw = RawClient(server, base64.b64encode(os.urandom(16)).decode())
+    raw.sock.sendall(encode_frame(OP_PING, b"are you there", mask=MASK))
+    event = raw.next_event()
+    assert event == Pong(b"are you there")
+    raw.sock.close()

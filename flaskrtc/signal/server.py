@@ -42,8 +42,8 @@ KEEPALIVE_FRAME = text_frame("{}")
 READ_SIZE = 65536
 # How long a closing handshake may take before the socket is simply closed.
 CLOSE_TIMEOUT = 2.0
-# A connection whose unsent output exceeds this is too slow to keep (it would hold the
-# memory of every message meant for it): it is closed with 1008.
+# A connection whose unsent output exceeds this (or 4 messages of the maximum size, if
+# more) is too slow to keep: it would hold the memory of every message meant for it.
 MAX_QUEUED_BYTES = 32 * 1024 * 1024
 # A single sendall that cannot finish in this time means the peer stopped reading.
 SEND_TIMEOUT = 30.0
@@ -107,6 +107,14 @@ class SignalingHandler(WebSocketHandler):  # type: ignore[misc]
         if "101" not in str(self.status):
             WSGIHandler.log_request(self)
 
+    def format_request(self) -> str:
+        # pywsgi's line repeats the time the log line already has.
+        length = self.response_length or "-"
+        delta = (self.time_finish - self.time_start) if self.time_finish else 0.0
+        client = self.client_address[0] if isinstance(self.client_address, tuple) else "-"
+        status = (self.status or "000").split()[0]
+        return f'{client} "{self.requestline}" {status} {length} {delta:.4f}s'
+
 
 class Connection:
     """One WebSocket peer: the reader runs in the request greenlet, the writer in its own."""
@@ -154,12 +162,14 @@ class Connection:
 
     def _account(self, size: int) -> None:
         self._queued += size
-        if self._queued > MAX_QUEUED_BYTES:
-            log.warning("%s: %d bytes unsent, closing slow connection", self, self._queued)
+        if self._queued > self.server.max_queued:
+            # A client this far behind is not reading: no close frame would reach it either,
+            # so drop the TCP connection; the reader then unregisters it as for any loss.
+            log.warning("%s: %d bytes unsent, dropping slow connection", self, self._queued)
             self._out.clear()
             self._queued = 0
-            self.close(1008, "too slow")
-            return
+            self._closing = True
+            self._shutdown()
         self._wake.set()
 
     # -- writer greenlet -----------------------------------------------------------------
@@ -276,6 +286,7 @@ class SignalServer:
         self.hub = hub or Hub()
         self.keepalive = keepalive
         self.max_message_size = max_message_size
+        self.max_queued = max(MAX_QUEUED_BYTES, 4 * max_message_size)
         self.conns: dict[ConnId, Connection] = {}
         self._next_id = 0
         self._tick = gevent.event.Event()
