@@ -10,13 +10,14 @@ import configparser
 import dataclasses
 import ipaddress
 import math
-import os
 import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from flaskrtc.files import write_atomic
 
 DEFAULT_CONFIG_PATH = Path("configs") / "config.ini"
 DEFAULT_CONFIG_DIR = Path("configs")
@@ -330,22 +331,6 @@ def load_config(
     )
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` as mode 0600, replacing it atomically."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    # Created 0600 from the start, so the secret is never readable by others, even briefly.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def ensure_turn_secret(config: Config) -> tuple[Config, bool]:
     """Fill in ``turn.secret`` from ``<config_dir>/turn_secret``, generating it if need be.
 
@@ -366,7 +351,7 @@ def ensure_turn_secret(config: Config) -> tuple[Config, bool]:
         secret = secrets.token_urlsafe(32)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_private(path, secret + "\n")
+            write_atomic(path, (secret + "\n").encode(), 0o600)
         except OSError as err:
             raise ConfigError(
                 "turn.secret",

@@ -5,8 +5,6 @@ from __future__ import annotations
 import datetime
 import errno
 import ipaddress
-import os
-import secrets
 import ssl
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,6 +13,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from flaskrtc.files import write_atomic
 
 COMMON_NAME = "flaskrtc"
 # 825 days: the longest validity Apple platforms accept for a TLS server certificate.
@@ -50,22 +50,6 @@ def subject_alt_names(hosts: Iterable[str]) -> list[x509.GeneralName]:
         if entry is not None and entry not in names:
             names.append(entry)
     return names
-
-
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Write ``path`` atomically, created with ``mode`` from the first byte on."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    # os.open applies the mode at creation: a key is never readable by others, even briefly.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _load_key(key_path: Path) -> _AnyKey:
@@ -150,10 +134,10 @@ def ensure_certificate(cert_path: Path, key_path: Path, hosts: Iterable[str]) ->
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        _write_new(key_path, pem_key, 0o600)
+        write_atomic(key_path, pem_key, 0o600)
     cert = _build_certificate(key, hosts)
     cert_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_new(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return True
 
 
