@@ -36,6 +36,8 @@ setup(
             "hypothesis>=6.100,<7",
             "ruff>=0.6,<1",
             "mypy>=1.10,<3",
+            # A TURN client nobody here wrote, for interop tests.
+            "aioice>=0.9,<1",
         ],
         "build": ["pyinstaller>=6.3,<7"],
     },

@@ -52,6 +52,17 @@ class TurnConfig:
     realm: str = "flutter-webrtc"
     secret: str = ""  # empty: generated and kept in a file beside the config
     ttl: int = 86400  # seconds, >= 60
+    min_port: int = 49152  # relay ports: the IANA dynamic range (RFC 6335 §6)
+    max_port: int = 65535  # >= min_port
+    users: tuple[tuple[str, str], ...] = ()  # static long-term credentials (name, password)
+    denied_peer_ip: tuple[str, ...] = ()  # CIDRs added to the built-in peer deny list
+    allowed_peer_ip: tuple[str, ...] = ()  # CIDRs exempt from every peer deny rule
+    user_quota: int = 10  # live allocations per username, 0 = unlimited
+    total_quota: int = 1000  # live allocations in all, 0 = unlimited
+    max_permissions: int = 64  # per allocation, 1 .. 4096
+    max_channels: int = 64  # per allocation, 1 .. 4096 (all channel numbers, RFC 8656 §12)
+    max_lifetime: int = 3600  # seconds an allocation may ask for (RFC 8656 §7.2)
+    default_lifetime: int = 600  # seconds, when none is asked for; 60 <= this <= max_lifetime
 
 
 @dataclass(frozen=True)
@@ -181,6 +192,54 @@ def _any_text(text: str) -> str:
     return text.strip()
 
 
+def _users(text: str) -> tuple[tuple[str, str], ...]:
+    expected = "comma-separated name:password pairs"
+    if not text.strip():
+        return ()
+    users: list[tuple[str, str]] = []
+    for number, item in enumerate(text.split(","), 1):
+        # Split at the first colon: names never hold one, so they cannot pass for TURN REST
+        # usernames ("expiry:user"), while passwords may.
+        name, colon, password = (part.strip() for part in item.partition(":"))
+        if not colon:
+            raise ValueError(f"{expected} (entry {number} has no ':')")
+        if not name or not password:
+            missing = "name" if not name else "password"
+            raise ValueError(f"{expected} (entry {number} has an empty {missing})")
+        if len(name.encode()) > 508:
+            # USERNAME must be fewer than 509 bytes (RFC 8489 §14.3).
+            raise ValueError(f"{expected} (entry {number}: names are at most 508 bytes)")
+        if any(name == known for known, _ in users):
+            raise ValueError(f"{expected} (user {name!r} is listed twice)")
+        users.append((name, password))
+    return tuple(users)
+
+
+def _mask_users(text: str) -> str:
+    """``text`` with the passwords hidden: a config error must not print them."""
+    return ",".join(
+        f"{name}:***" if colon else "***"
+        for name, colon, _ in (item.partition(":") for item in text.split(","))
+    )
+
+
+def _networks(text: str) -> tuple[str, ...]:
+    if not text.strip():
+        return ()
+    networks: list[str] = []
+    for item in text.split(","):
+        item = item.strip()
+        try:
+            # strict=False: "10.1.2.3/8" means 10.0.0.0/8 rather than an error.
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(
+                f"comma-separated IP addresses or CIDRs such as 10.0.0.0/8, fc00::/7 "
+                f"({item!r} is neither)"
+            ) from None
+    return tuple(networks)
+
+
 def _log_level(text: str) -> str:
     level = text.strip().upper()
     if level not in LOG_LEVELS:
@@ -207,8 +266,28 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "turn.realm": _non_empty("a non-empty realm name"),
     "turn.secret": _any_text,
     "turn.ttl": _int_range(60, None),
+    # Below 1024 a relay port would need root and collide with well-known services.
+    "turn.min_port": _int_range(1024, 65535),
+    "turn.max_port": _int_range(1024, 65535),
+    "turn.users": _users,
+    "turn.denied_peer_ip": _networks,
+    "turn.allowed_peer_ip": _networks,
+    "turn.user_quota": _int_range(0, None),
+    "turn.total_quota": _int_range(0, None),
+    "turn.max_permissions": _int_range(1, 4096),
+    # RFC 8656 §12 allows channel numbers 0x4000-0x4FFF only: 4096 channels at most.
+    "turn.max_channels": _int_range(1, 4096),
+    "turn.max_lifetime": _int_range(60, 86400),
+    "turn.default_lifetime": _int_range(60, 86400),
 }
 _SECTIONS = ("general", "turn")
+# How a value is shown in an error, for keys that hold secrets.
+_MASKS: dict[str, Callable[[str], str]] = {"turn.users": _mask_users}
+# (lower key, upper key): the lower value must not exceed the upper one.
+_ORDERED = (
+    ("turn.min_port", "turn.max_port"),
+    ("turn.default_lifetime", "turn.max_lifetime"),
+)
 
 
 def _env_name(key: str) -> str:
@@ -279,6 +358,24 @@ def _read_environ(environ: Mapping[str, str]) -> _Raw:
     return values
 
 
+def _check_order(parsed: Mapping[str, Any], raw: _Raw) -> None:
+    """Rules between two keys, checked on the values that won (file, environment or flag)."""
+    defaults = {"general": GeneralConfig(), "turn": TurnConfig()}
+    for low_key, high_key in _ORDERED:
+        values = []
+        for key in (low_key, high_key):
+            section, name = key.split(".")
+            values.append(parsed.get(key, getattr(defaults[section], name)))
+        low, high = values
+        if low <= high:
+            continue
+        text, named, source = raw.get(low_key, (str(low), low_key, ""))
+        high_source = raw[high_key][2] if high_key in raw else ""
+        # Say where the other value came from when the error's own source does not.
+        where = f", from {high_source}" if high_source and high_source != source else ""
+        raise ConfigError(named, text, f"at most {high_key} ({high}{where})", source or None)
+
+
 def load_config(
     path: str | None, environ: Mapping[str, str], overrides: Mapping[str, str]
 ) -> Config:
@@ -312,7 +409,9 @@ def load_config(
         try:
             parsed[key] = _PARSERS[key](text)
         except ValueError as err:
-            raise ConfigError(named, text, str(err), source or None) from None
+            shown = _MASKS[key](text) if key in _MASKS else text
+            raise ConfigError(named, shown, str(err), source or None) from None
+    _check_order(parsed, raw)
 
     def section(name: str) -> dict[str, Any]:
         prefix = name + "."

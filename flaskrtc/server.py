@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hmac
 import logging
 import signal as stdsignal
 import socket
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,10 @@ from flaskrtc.app import create_app
 from flaskrtc.config import Config
 from flaskrtc.signal.server import SignalingHandler, SignalServer
 from flaskrtc.tls import ensure_certificate, make_ssl_context
+from flaskrtc.turn.auth import Credentials, Nonces
+from flaskrtc.turn.core import Limits, TurnCore
+from flaskrtc.turn.policy import PeerPolicy
+from flaskrtc.turn.server import TurnServer, UdpRelayPorts, public_addresses
 
 log = logging.getLogger("flaskrtc.server")
 http_log = logging.getLogger("flaskrtc.http")
@@ -76,21 +83,78 @@ def banner(config: Config, scheme: str, host: str, port: int) -> list[str]:
     return lines
 
 
-def build_server(config: Config) -> tuple[WSGIServer, SignalServer]:
+def _ssl_context(config: Config) -> ssl.SSLContext | None:
+    """The TLS context for HTTPS and TURN over TLS, generating a certificate if needed."""
+    general = config.general
+    if not general.tls and not config.turn.tls_port:
+        return None
+    cert, key = Path(general.cert), Path(general.key)
+    hosts = [general.domain, config.turn.public_ip]
+    try:
+        if ensure_certificate(cert, key, hosts):
+            log.info("generated a self-signed certificate: %s (key %s)", cert, key)
+        return make_ssl_context(cert, key, gevent.ssl.SSLContext)
+    except (OSError, ValueError, TypeError) as err:
+        raise StartupError(f"TLS certificate {cert} / key {key}: {err}") from err
+
+
+def build_turn(config: Config, ssl_context: ssl.SSLContext | None) -> TurnServer:
+    """Create and start the TURN server; its real ports are in its *_address attributes."""
+    turn = config.turn
+    v4, v6 = public_addresses(turn.public_ip, turn.bind)
+    if not turn.public_ip:
+        log.warning(
+            "turn: [turn] public_ip is not set; relays are advertised as %s. Set it to the "
+            "address clients reach this host at.",
+            v4,
+        )
+    ports = UdpRelayPorts(
+        bind=turn.bind,
+        min_port=turn.min_port,
+        max_port=turn.max_port,
+        public_v4=v4,
+        public_v6=v6,
+    )
+    core = TurnCore(
+        ports=ports,
+        credentials=Credentials(turn.realm, turn.secret, dict(turn.users)),
+        # Derived from the shared secret: servers sharing it accept each other's nonces.
+        nonces=Nonces(hmac.new(turn.secret.encode(), b"flaskrtc nonce", "sha256").digest()),
+        policy=PeerPolicy(denied=turn.denied_peer_ip, allowed=turn.allowed_peer_ip),
+        limits=Limits(
+            default_lifetime=turn.default_lifetime,
+            max_lifetime=turn.max_lifetime,
+            user_quota=turn.user_quota,
+            total_quota=turn.total_quota,
+            max_permissions=turn.max_permissions,
+            max_channels=turn.max_channels,
+        ),
+    )
+    server = TurnServer(core)
+    ports.on_open = server.start_relay
+    try:
+        server.start(
+            bind=turn.bind,
+            port=turn.port,
+            tls_port=turn.tls_port,
+            ssl_context=ssl_context if turn.tls_port else None,
+        )
+    except OSError as err:
+        server.stop()
+        raise StartupError(f"turn: cannot listen on {turn.bind}:{turn.port}: {err}") from err
+    return server
+
+
+def build_server(
+    config: Config, ssl_context: ssl.SSLContext | None
+) -> tuple[WSGIServer, SignalServer]:
     """Create (not start) the HTTP(S) server and the signaling server for ``config``."""
     general = config.general
     signal = SignalServer(keepalive=general.keepalive, max_message_size=general.max_message_size)
     app = create_app(config, signal)
     kwargs: dict[str, Any] = {}
     if general.tls:
-        cert, key = Path(general.cert), Path(general.key)
-        hosts = [general.domain, config.turn.public_ip]
-        try:
-            if ensure_certificate(cert, key, hosts):
-                log.info("generated a self-signed certificate: %s (key %s)", cert, key)
-            kwargs["ssl_context"] = make_ssl_context(cert, key, gevent.ssl.SSLContext)
-        except (OSError, ValueError, TypeError) as err:
-            raise StartupError(f"TLS certificate {cert} / key {key}: {err}") from err
+        kwargs["ssl_context"] = ssl_context
     family = socket.AF_INET6 if ":" in general.bind else socket.AF_INET
     listener = gevent.socket.socket(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -114,9 +178,21 @@ def build_server(config: Config) -> tuple[WSGIServer, SignalServer]:
 def run(config: Config) -> int:
     """Serve until SIGINT/SIGTERM; then close every peer with 1001 and release sockets."""
     _raise_fd_limit()
+    turn: TurnServer | None = None
     try:
-        server, signal = build_server(config)
+        ssl_context = _ssl_context(config)
+        turn = build_turn(config, ssl_context)
+        # /api/turn must name the ports really bound (port 0 picks free ones).
+        assert turn.udp_address is not None
+        tls_port = turn.tls_address[1] if turn.tls_address else 0
+        config = dataclasses.replace(
+            config,
+            turn=dataclasses.replace(config.turn, port=turn.udp_address[1], tls_port=tls_port),
+        )
+        server, signal = build_server(config, ssl_context)
     except StartupError as err:
+        if turn is not None:
+            turn.stop()
         log.error("%s", err)
         return 1
     server.start()
@@ -124,10 +200,14 @@ def run(config: Config) -> int:
     scheme = "https" if config.general.tls else "http"
     for line in banner(config, scheme, host, port):
         log.info("%s", line)
+    turn_host = _url_host(config.turn.bind)
     log.info(
-        "turn: the built-in TURN relay is not part of this build yet; /api/turn issues "
-        "credentials for turn:%s (use coturn with static-auth-secret meanwhile)",
+        "turn: listening on udp and tcp %s:%d%s; relay ports %d-%d",
+        turn_host,
         config.turn.port,
+        f", tls {turn_host}:{config.turn.tls_port}" if config.turn.tls_port else "",
+        config.turn.min_port,
+        config.turn.max_port,
     )
 
     stop = gevent.event.Event()
@@ -137,5 +217,6 @@ def run(config: Config) -> int:
     log.info("shutting down: closing %d connection(s)", len(signal.conns))
     signal.shutdown()
     server.stop(timeout=1)
+    turn.stop()
     log.info("stopped")
     return 0

@@ -21,6 +21,7 @@ import websocket
 
 REPO = Path(__file__).resolve().parent.parent
 LISTEN_RE = re.compile(r"listening on (https?)://([^ ]+):(\d+)")
+TURN_RE = re.compile(r"turn: listening on udp and tcp [^ ]+:(\d+)(?:, tls [^ ]+:(\d+))?")
 
 
 class ServerProcess:
@@ -38,7 +39,14 @@ class ServerProcess:
                 "key": str(workdir / "certs" / "key.pem"),
                 "html_root": str(REPO / "web"),
             },
-            "turn": {"secret": "test-secret", "public_ip": "127.0.0.1"},
+            # Port 0: every test server gets free ports; TURN over TLS off unless asked for.
+            "turn": {
+                "secret": "test-secret",
+                "public_ip": "127.0.0.1",
+                "bind": "127.0.0.1",
+                "port": "0",
+                "tls_port": "0",
+            },
         }
         for key, value in (extra or {}).items():
             section, name = key.split(".")
@@ -68,6 +76,9 @@ class ServerProcess:
         self.port = int(match.group(3))
         self.base = f"{self.scheme}://127.0.0.1:{self.port}"
         self.ws_url = f"{'wss' if tls else 'ws'}://127.0.0.1:{self.port}/ws"
+        turn = self.wait_for_log(TURN_RE)
+        self.turn_port = int(turn.group(1))
+        self.turn_tls_port = int(turn.group(2)) if turn.group(2) else 0
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None

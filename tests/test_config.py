@@ -251,6 +251,28 @@ BAD_VALUES = [
     ("general.cert", "", "certificate file path"),
     ("general.html_root", "", "directory"),
     ("log_level", "verbose", "DEBUG, INFO, WARNING, ERROR"),
+    ("turn.min_port", "1023", "an integer from 1024 to 65535"),
+    ("turn.min_port", "0", "an integer from 1024 to 65535"),
+    ("turn.min_port", "65536", "an integer from 1024 to 65535"),
+    ("turn.max_port", "80", "an integer from 1024 to 65535"),
+    ("turn.max_port", "x", "an integer from 1024 to 65535"),
+    ("turn.denied_peer_ip", "localhost", "IP addresses or CIDRs"),
+    ("turn.denied_peer_ip", "10.0.0.0/33", "'10.0.0.0/33' is neither"),
+    ("turn.denied_peer_ip", "10.0.0.0/8,", "'' is neither"),
+    ("turn.denied_peer_ip", "10.0.0.0/8 192.168.0.0/16", "IP addresses or CIDRs"),
+    ("turn.allowed_peer_ip", "127.0.0.1, ::1/129", "'::1/129' is neither"),
+    ("turn.allowed_peer_ip", "127.0.0.1;::1", "IP addresses or CIDRs"),
+    ("turn.user_quota", "-1", "an integer of at least 0"),
+    ("turn.user_quota", "ten", "an integer of at least 0"),
+    ("turn.total_quota", "1.5", "an integer of at least 0"),
+    ("turn.max_permissions", "0", "an integer from 1 to 4096"),
+    ("turn.max_permissions", "4097", "an integer from 1 to 4096"),
+    ("turn.max_channels", "0", "an integer from 1 to 4096"),
+    ("turn.max_channels", "4097", "an integer from 1 to 4096"),  # RFC 8656 §12: 0x4000-0x4FFF
+    ("turn.max_lifetime", "59", "an integer from 60 to 86400"),
+    ("turn.max_lifetime", "86401", "an integer from 60 to 86400"),
+    ("turn.default_lifetime", "0", "an integer from 60 to 86400"),
+    ("turn.default_lifetime", "86401", "an integer from 60 to 86400"),
 ]
 
 
@@ -473,3 +495,203 @@ def test_unwritable_secret_dir_is_config_error(tmp_path: Path) -> None:
         ensure_turn_secret(config_in(blocker / "dir"))
     assert info.value.key == "turn.secret"
     assert "\n" not in str(info.value)
+
+
+# --- [turn] relay keys: ports, users, peer addresses, quotas, lifetimes ----------------------
+
+
+def test_turn_relay_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    turn = load_config(None, {}, {}).turn
+    assert (turn.min_port, turn.max_port) == (49152, 65535)
+    assert turn.users == ()
+    assert turn.denied_peer_ip == () and turn.allowed_peer_ip == ()
+    assert (turn.user_quota, turn.total_quota) == (10, 1000)
+    assert (turn.max_permissions, turn.max_channels) == (64, 64)
+    # RFC 8656 §7.2: default lifetime 600 s, at most 3600 s.
+    assert (turn.default_lifetime, turn.max_lifetime) == (600, 3600)
+
+
+RELAY_FILE = """\
+[turn]
+min_port = 40000
+max_port = 40100
+users = alice:wonderland, bob : builder , carol:a:b:c
+denied_peer_ip = 10.0.0.0/8, 192.168.1.7, fd00::/8, 172.16.1.2/12
+allowed_peer_ip = 127.0.0.1,::1
+user_quota = 0
+total_quota = 0
+max_permissions = 4096
+max_channels = 4096
+max_lifetime = 86400
+default_lifetime = 60
+"""
+
+
+def test_turn_relay_keys_from_file(tmp_path: Path) -> None:
+    turn = load_config(str(write(tmp_path / "c.ini", RELAY_FILE)), {}, {}).turn
+    assert turn == dataclasses.replace(
+        TurnConfig(),
+        min_port=40000,
+        max_port=40100,
+        # Whitespace around names and passwords goes; a password may hold ':'.
+        users=(("alice", "wonderland"), ("bob", "builder"), ("carol", "a:b:c")),
+        # Canonical CIDRs; host bits are dropped (ip_network(strict=False)).
+        denied_peer_ip=("10.0.0.0/8", "192.168.1.7/32", "fd00::/8", "172.16.0.0/12"),
+        allowed_peer_ip=("127.0.0.1/32", "::1/128"),
+        user_quota=0,  # 0: unlimited
+        total_quota=0,
+        max_permissions=4096,
+        max_channels=4096,
+        max_lifetime=86400,
+        default_lifetime=60,
+    )
+
+
+def test_turn_relay_keys_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    environ = {
+        "FLASKRTC_TURN_MIN_PORT": "50000",
+        "FLASKRTC_TURN_MAX_PORT": "50010",
+        "FLASKRTC_TURN_USERS": "u:p",
+        "FLASKRTC_TURN_DENIED_PEER_IP": "10.0.0.0/8",
+        "FLASKRTC_TURN_ALLOWED_PEER_IP": "127.0.0.0/8",
+        "FLASKRTC_TURN_USER_QUOTA": "2",
+        "FLASKRTC_TURN_TOTAL_QUOTA": "20",
+        "FLASKRTC_TURN_MAX_PERMISSIONS": "8",
+        "FLASKRTC_TURN_MAX_CHANNELS": "9",
+        "FLASKRTC_TURN_MAX_LIFETIME": "1200",
+        "FLASKRTC_TURN_DEFAULT_LIFETIME": "300",
+    }
+    turn = load_config(None, environ, {}).turn
+    assert (turn.min_port, turn.max_port) == (50000, 50010)
+    assert turn.users == (("u", "p"),)
+    assert turn.denied_peer_ip == ("10.0.0.0/8",)
+    assert turn.allowed_peer_ip == ("127.0.0.0/8",)
+    assert (turn.user_quota, turn.total_quota) == (2, 20)
+    assert (turn.max_permissions, turn.max_channels) == (8, 9)
+    assert (turn.max_lifetime, turn.default_lifetime) == (1200, 300)
+
+
+@pytest.mark.parametrize("text", ["", "   "])
+def test_empty_lists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    overrides = {"turn.users": text, "turn.denied_peer_ip": text, "turn.allowed_peer_ip": text}
+    turn = load_config(None, {}, overrides).turn
+    assert (turn.users, turn.denied_peer_ip, turn.allowed_peer_ip) == ((), (), ())
+
+
+def test_equal_bounds_are_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    overrides = {
+        "turn.min_port": "50000",
+        "turn.max_port": "50000",
+        "turn.default_lifetime": "900",
+        "turn.max_lifetime": "900",
+    }
+    turn = load_config(None, {}, overrides).turn
+    assert (turn.min_port, turn.max_port) == (50000, 50000)
+    assert (turn.default_lifetime, turn.max_lifetime) == (900, 900)
+
+
+# (users value, what the error's "expected" part must contain)
+BAD_USERS = [
+    ("alice", "entry 1 has no ':'"),
+    ("alice:pw, bob", "entry 2 has no ':'"),
+    (":pw", "entry 1 has an empty name"),
+    ("alice:", "entry 1 has an empty password"),
+    ("alice:  ", "entry 1 has an empty password"),
+    ("alice:pw,", "entry 2 has no ':'"),
+    ("alice:pw,,bob:pw", "entry 2 has no ':'"),
+    ("alice:pw, alice:other", "user 'alice' is listed twice"),
+    ("x" * 509 + ":pw", "at most 508 bytes"),  # RFC 8489 §14.3
+]
+
+
+@pytest.mark.parametrize(("value", "expected"), BAD_USERS)
+def test_bad_users(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str, expected: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {}, {"turn.users": value})
+    err = info.value
+    assert err.key == "turn.users"
+    assert "name:password pairs" in err.expected and expected in err.expected
+    message = str(err)
+    assert message.startswith("config error: turn.users = ") and "\n" not in message
+
+
+def test_users_error_hides_passwords(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.ini", "[turn]\nusers = alice:s3cret, bob:hunter2, forgotcolon\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), {}, {})
+    message = str(info.value)
+    assert "s3cret" not in message and "hunter2" not in message and "forgotcolon" not in message
+    assert info.value.value == "alice:***, bob:***,***"
+    assert "entry 3 has no ':'" in message and str(path) in message
+
+
+def test_users_value_from_environment_is_hidden_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"FLASKRTC_TURN_USERS": "a:pw1,a:pw2"}, {})
+    assert "pw1" not in str(info.value) and "pw2" not in str(info.value)
+    assert "FLASKRTC_TURN_USERS" in str(info.value)
+
+
+def test_min_port_above_max_port(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.ini", "[turn]\nmin_port = 60000\nmax_port = 50000\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), {}, {})
+    err = info.value
+    assert (err.key, err.value) == ("turn.min_port", "60000")
+    assert str(err) == (
+        f"config error: turn.min_port = '60000': expected at most turn.max_port (50000) "
+        f"(from {path})"
+    )
+
+
+def test_max_port_below_default_min_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only max_port was set; the error still names turn.min_port and says where max_port was.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"FLASKRTC_TURN_MAX_PORT": "2000"}, {})
+    err = info.value
+    assert (err.key, err.value) == ("turn.min_port", "49152")
+    assert str(err) == (
+        "config error: turn.min_port = '49152': expected at most turn.max_port "
+        "(2000, from environment variable FLASKRTC_TURN_MAX_PORT)"
+    )
+
+
+def test_range_is_checked_on_the_winning_values(tmp_path: Path) -> None:
+    # The file's range is inverted, but a flag fixes it: no error.
+    path = write(tmp_path / "c.ini", "[turn]\nmin_port = 60000\nmax_port = 50000\n")
+    config = load_config(str(path), {}, {"turn.max_port": "65000"})
+    assert (config.turn.min_port, config.turn.max_port) == (60000, 65000)
+
+
+def test_default_lifetime_above_max_lifetime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {}, {"turn.default_lifetime": "4000"})
+    err = info.value
+    assert (err.key, err.value) == ("turn.default_lifetime", "4000")
+    assert str(err) == (
+        "config error: turn.default_lifetime = '4000': expected at most turn.max_lifetime (3600)"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {}, {"turn.max_lifetime": "300"})
+    assert (info.value.key, info.value.value) == ("turn.default_lifetime", "600")
+
+
+def test_unknown_key_error_lists_new_keys(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.ini", "[turn]\nminport = 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), {}, {})
+    assert "min_port" in info.value.expected and "allowed_peer_ip" in info.value.expected

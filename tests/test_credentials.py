@@ -40,10 +40,16 @@ def test_check_accepts_live_and_rejects_expired() -> None:
     assert check_credential("k", cred.username, now=1061) is None
 
 
+def test_bare_timestamp_username_is_accepted_like_coturn() -> None:
+    assert check_credential("k", "1060", now=1000) == rest_password("k", "1060")
+    assert check_credential("k", "999", now=1000) is None
+
+
 def test_check_rejects_usernames_without_a_timestamp() -> None:
     assert check_credential("k", "bob", now=0) is None
     assert check_credential("k", "abc:bob", now=0) is None
     assert check_credential("k", "-5:bob", now=0) is None
+    assert check_credential("k", "١٢:bob", now=0) is None  # non-ASCII digits
 
 
 def test_other_secret_gives_other_password() -> None:

@@ -92,10 +92,10 @@ def test_api_turn_get_returns_coturn_compatible_credentials(server: ServerProces
     ).decode()
     assert data["password"] == expected
     assert data["ttl"] == 86400
+    # The ports really bound (the test config asks for free ones), UDP first; TLS is off.
     assert data["uris"] == [
-        "turn:127.0.0.1:19302?transport=udp",
-        "turn:127.0.0.1:19302?transport=tcp",
-        "turns:127.0.0.1:5349?transport=tcp",
+        f"turn:127.0.0.1:{server.turn_port}?transport=udp",
+        f"turn:127.0.0.1:{server.turn_port}?transport=tcp",
     ]
 
 
@@ -146,15 +146,15 @@ def test_api_turn_bad_input_is_400_json(server: ServerProcess, query: str) -> No
 
 
 def test_api_turn_uses_request_host_without_public_ip(tmp_path: Path) -> None:
-    srv = ServerProcess(tmp_path, tls=False, extra={"turn.public_ip": "", "turn.tls_port": "0"})
+    srv = ServerProcess(tmp_path, tls=False, extra={"turn.public_ip": ""})
     try:
         status, _, body = fetch(
             srv, "/api/turn?service=turn&username=u", headers={"Host": "turn.example.org:8086"}
         )
         assert status == 200
         assert json.loads(body)["uris"] == [
-            "turn:turn.example.org:19302?transport=udp",
-            "turn:turn.example.org:19302?transport=tcp",
+            f"turn:turn.example.org:{srv.turn_port}?transport=udp",
+            f"turn:turn.example.org:{srv.turn_port}?transport=tcp",
         ]
     finally:
         srv.stop()
@@ -209,3 +209,24 @@ def test_ssl_verification_fails_for_a_wrong_hostname(server: ServerProcess) -> N
     with pytest.raises(ssl.SSLCertVerificationError):
         ctx.wrap_socket(sock, server_hostname="not-this-host.example")
     sock.close()
+
+
+def test_turn_uris_order_hosts_and_tls() -> None:
+    from flaskrtc.app import turn_uris
+    from flaskrtc.config import Config, GeneralConfig, TurnConfig
+
+    config = Config(GeneralConfig(domain="rtc.example.org"), TurnConfig(public_ip="203.0.113.5"))
+    assert turn_uris(config, "ignored:8086") == [
+        "turn:203.0.113.5:19302?transport=udp",
+        "turn:203.0.113.5:19302?transport=tcp",
+        "turns:rtc.example.org:5349?transport=tcp",
+    ]
+    v6 = Config(GeneralConfig(), TurnConfig(public_ip="2001:db8::5", tls_port=0))
+    assert turn_uris(v6, "x") == [
+        "turn:[2001:db8::5]:19302?transport=udp",
+        "turn:[2001:db8::5]:19302?transport=tcp",
+    ]
+    # No public_ip: the host the client used (IPv6 literal kept in brackets).
+    local = Config(GeneralConfig(), TurnConfig())
+    assert turn_uris(local, "[::1]:8086")[0] == "turn:[::1]:19302?transport=udp"
+    assert turn_uris(local, "[::1]:8086")[2] == "turns:[::1]:5349?transport=tcp"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 
-from flaskrtc.turn.auth import Credentials, NonceCheck, Nonces, long_term_key
+from flaskrtc.turn.auth import Credentials, NonceCheck, Nonces
 from flaskrtc.turn.credentials import make_credential
+from flaskrtc.turn.stun import long_term_key
 
 
 def test_long_term_key_is_md5_of_user_realm_password() -> None:

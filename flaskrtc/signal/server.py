@@ -112,7 +112,10 @@ class SignalingHandler(WebSocketHandler):  # type: ignore[misc]
         length = self.response_length or "-"
         delta = (self.time_finish - self.time_start) if self.time_finish else 0.0
         client = self.client_address[0] if isinstance(self.client_address, tuple) else "-"
-        status = (self.status or "000").split()[0]
+        status = self.status or "000"
+        if isinstance(status, bytes):
+            status = status.decode("latin-1")
+        status = status.split()[0]
         return f'{client} "{self.requestline}" {status} {length} {delta:.4f}s'
 
 

@@ -17,18 +17,10 @@ import hmac
 from collections.abc import Mapping
 
 from flaskrtc.turn.credentials import check_credential
+from flaskrtc.turn.stun import long_term_key
 
 NONCE_LIFETIME = 600.0
 _MAC_HEX = 24  # 96 bits of HMAC-SHA256 is plenty for a short-lived nonce
-
-
-def long_term_key(username: str, realm: str, password: str) -> bytes:
-    """MD5(username ":" realm ":" password), the long-term key of RFC 8489 §9.2.2.
-
-    SASLprep/OpaqueString is not applied; coturn does not apply it to ASCII credentials either,
-    and REST usernames and passwords are ASCII.
-    """
-    return hashlib.md5(f"{username}:{realm}:{password}".encode()).digest()
 
 
 class NonceCheck(enum.Enum):

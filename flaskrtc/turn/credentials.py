@@ -62,11 +62,12 @@ def make_credential(secret: str, user: str, now: float, ttl: int) -> RestCredent
 def check_credential(secret: str, username: str, now: float) -> str | None:
     """Return the password for ``username`` if it is a live REST username, else None.
 
-    The timestamp before the first ':' is the expiry (coturn's reading); a username
-    without one, or whose expiry has passed, has no valid password.
+    The timestamp before the first ':' is the expiry; a username that is a bare timestamp
+    counts too (coturn accepts both, and its turnutils_uclient sends the bare form). A
+    username without a timestamp, or whose expiry has passed, has no valid password.
     """
-    stamp, sep, _user = username.partition(":")
-    if not sep or not stamp.isdigit() or len(stamp) > 12:
+    stamp = username.partition(":")[0]
+    if not stamp.isascii() or not stamp.isdigit() or len(stamp) > 12:
         return None
     if int(stamp) < now:
         return None

@@ -1,0 +1,397 @@
+"""The gevent shell of the TURN server: UDP, TCP and TLS listeners and relay sockets.
+
+Only bytes move here. STUN requests go to :class:`flaskrtc.turn.core.TurnCore`; the hot
+path, ChannelData in both directions, is forwarded right here with two dict look-ups on the
+allocation the core keeps current, no per-packet greenlet and no parsing beyond the 4-byte
+ChannelData header (RFC 8656 §12.4).
+
+gevent traps handled: ``DatagramServer`` reads with ``recvfrom(8192)`` (raised to 65535
+here) and, with ``spawn=None``, stops reading for a while after an exception in ``handle``,
+so every handler catches everything.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import random
+import socket
+import ssl
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import gevent.lock
+import gevent.socket
+from gevent.server import DatagramServer, StreamServer
+
+from flaskrtc.turn.allocation import Address, Allocation, FiveTuple
+from flaskrtc.turn.core import ToClient, ToPeer, TurnCore
+from flaskrtc.turn.stun import StunError, next_frame_length
+
+log = logging.getLogger("flaskrtc.turn")
+
+MAX_DATAGRAM = 65535
+# A TCP/TLS client that sends no complete frame for this long (or a frame this large that
+# is no STUN or ChannelData) is closed: it holds a socket and buffer for nothing.
+STREAM_IDLE_TIMEOUT = 60.0
+MAX_STREAM_BUFFER = 65536 + 4
+_CHANNEL_HEADER = struct.Struct("!HH")
+
+
+class RelaySocket:
+    """One relay transport address: a bound UDP socket and its reader greenlet."""
+
+    __slots__ = ("address", "public", "raw", "reader", "sock")
+
+    def __init__(self, sock: gevent.socket.socket, public_ip: str) -> None:
+        self.sock = sock
+        self.raw: socket.socket = getattr(sock, "_sock", sock)  # non-blocking, for sendto
+        self.address: Address = tuple(sock.getsockname()[:2])
+        self.public: Address = (public_ip, self.address[1])
+        self.reader: gevent.Greenlet[Any] | None = None
+
+
+class UdpRelayPorts:
+    """Binds relay sockets in ``[min_port, max_port]`` (the core's RelayPorts)."""
+
+    def __init__(
+        self,
+        *,
+        bind: str,
+        min_port: int,
+        max_port: int,
+        public_v4: str,
+        public_v6: str | None,
+        on_open: Callable[[RelaySocket], None] | None = None,
+    ) -> None:
+        self.bind_v4 = bind if ":" not in bind else "0.0.0.0"
+        self.bind_v6 = bind if ":" in bind else "::"
+        self.min_port, self.max_port = min_port, max_port
+        self.public_v4, self.public_v6 = public_v4, public_v6
+        self.on_open = on_open
+        self.open_count = 0
+
+    def supports(self, family: int) -> bool:
+        """IPv4 always; IPv6 when the host has it (and a public IPv6 address is known)."""
+        return family == 4 or (family == 6 and self.public_v6 is not None)
+
+    def open(
+        self, family: int, *, port: int | None = None, even: bool = False
+    ) -> RelaySocket | None:
+        """Bind a relay socket (a given port, an even one, or any free one), or None."""
+        if port is not None:
+            candidates = [port] if self.min_port <= port <= self.max_port else []
+        else:
+            low = self.min_port + (self.min_port % 2 if even else 0)
+            step = 2 if even else 1
+            count = (self.max_port - low) // step + 1
+            if count <= 0:
+                return None
+            start = random.randrange(count)
+            # Random start, then linear: finds a free port even when the range is nearly full,
+            # bounded so a full range costs a fixed number of binds.
+            candidates = [low + ((start + i) % count) * step for i in range(min(count, 64))]
+        af = socket.AF_INET6 if family == 6 else socket.AF_INET
+        host = self.bind_v6 if family == 6 else self.bind_v4
+        for candidate in candidates:
+            sock = gevent.socket.socket(af, socket.SOCK_DGRAM)
+            try:
+                if family == 6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((host, candidate))
+            except OSError:
+                sock.close()
+                continue
+            public = self.public_v6 if family == 6 else self.public_v4
+            relay = RelaySocket(sock, public or host)
+            self.open_count += 1
+            if self.on_open is not None:
+                self.on_open(relay)  # starts the relay's reader greenlet
+            return relay
+        return None
+
+    def close(self, relay: Any) -> None:
+        """Stop the reader and release the socket."""
+        if relay.reader is not None:
+            relay.reader.kill(block=False)
+            relay.reader = None
+        relay.sock.close()
+        self.open_count -= 1
+
+
+class ClientLink:
+    """How to reach one client: the UDP listener socket, or a TCP/TLS connection."""
+
+    __slots__ = ("address", "lock", "pad", "raw", "stream")
+
+    def __init__(self, address: Address, raw: Any, *, stream: bool) -> None:
+        self.address = address
+        self.raw = raw
+        self.stream = stream
+        self.pad = stream  # ChannelData over streams is padded to 4 bytes (§12.5)
+        self.lock = gevent.lock.Semaphore() if stream else None
+
+    def send(self, data: bytes) -> None:
+        """Send to the client; a full UDP buffer drops the datagram, as the network would."""
+        try:
+            if self.lock is None:
+                self.raw.sendto(data, self.address)
+            else:
+                with self.lock:
+                    self.raw.sendall(data)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS):
+                log.debug("send to %s failed: %s", self.address, err)
+
+
+class TurnServer:
+    """Owns the core, the listeners and every relay socket's reader."""
+
+    def __init__(self, core: TurnCore, *, clock: Callable[[], float] = time.time) -> None:
+        self.core = core
+        self.clock = clock
+        self.servers: list[Any] = []
+        self._sweeper: gevent.Greenlet[Any] | None = None
+        self.udp_address: Address | None = None
+        self.tcp_address: Address | None = None
+        self.tls_address: Address | None = None
+
+    # -- relays --------------------------------------------------------------------------
+
+    def start_relay(self, relay: RelaySocket) -> None:
+        """Start the peer → client reader of a new relay socket (called by the ports)."""
+        relay.reader = gevent.spawn(self._relay_loop, relay)
+
+    def _relay_loop(self, relay: RelaySocket) -> None:
+        by_relay = self.core.allocations.by_relay
+        recvfrom = relay.sock.recvfrom
+        allocation: Allocation | None = None
+        link: ClientLink | None = None
+        pack = _CHANNEL_HEADER.pack
+        while True:
+            try:
+                data, peer = recvfrom(MAX_DATAGRAM)
+            except OSError:
+                return
+            if allocation is None or link is None:
+                allocation = by_relay.get(relay.address)
+                if allocation is None or allocation.relay is not relay:
+                    allocation = None
+                    continue  # a reserved port not yet allocated: nothing to relay to
+                link = allocation.shell
+                if link is None:
+                    continue
+            if len(peer) > 2:
+                peer = peer[:2]  # IPv6: drop flowinfo and scope id
+            try:
+                channel = allocation.peer_to_channel.get(peer)
+                if channel is not None and peer[0] in allocation.permissions:
+                    header = pack(channel, len(data))
+                    if link.pad and len(data) % 4:
+                        link.send(header + data + b"\0" * (4 - len(data) % 4))
+                    else:
+                        link.send(header + data)
+                else:
+                    indication = self.core.data_indication(allocation, peer, data)
+                    if indication is not None:
+                        link.send(indication)
+            except Exception:  # never let one packet end the relay
+                log.exception("relay %s: dropping a packet from %s", relay.address, peer)
+
+    # -- client input --------------------------------------------------------------------
+
+    def client_input(self, data: bytes, five_tuple: FiveTuple, link: ClientLink) -> None:
+        """One datagram or stream frame from a client: fast path for ChannelData."""
+        if data and data[0] & 0xC0 == 0x40:
+            allocation = self.core.allocations.by_five_tuple.get(five_tuple)
+            if allocation is None or len(data) < 4:
+                return
+            channel, length = _CHANNEL_HEADER.unpack_from(data)
+            peer = allocation.channel_to_peer.get(channel)
+            if peer is None or peer[0] not in allocation.permissions or length > len(data) - 4:
+                return
+            try:
+                allocation.relay.raw.sendto(data[4 : 4 + length], peer)
+            except OSError:
+                pass  # full buffer or unreachable peer: UDP drops it
+            return
+        for effect in self.core.handle(data, five_tuple, self.clock()):
+            if isinstance(effect, ToClient):
+                link.send(effect.data)
+            elif isinstance(effect, ToPeer):
+                try:
+                    effect.allocation.relay.raw.sendto(effect.data, effect.peer)
+                except OSError:
+                    pass
+        allocation = self.core.allocations.by_five_tuple.get(five_tuple)
+        if allocation is not None and allocation.shell is None:
+            allocation.shell = link
+
+    # -- listeners -----------------------------------------------------------------------
+
+    def start(
+        self,
+        *,
+        bind: str,
+        port: int,
+        tls_port: int,
+        ssl_context: ssl.SSLContext | None,
+    ) -> None:
+        """Listen on UDP and TCP ``port`` (the same number) and TLS ``tls_port`` (0 = off)."""
+        udp = _UdpListener(self, (bind, port))
+        udp.init_socket()
+        actual = udp.address[1]
+        tcp = StreamServer(_tcp_socket(bind, actual), self._stream_handler("tcp"))
+        udp.start()
+        tcp.start()
+        self.servers += [udp, tcp]
+        self.udp_address = (bind, actual)
+        self.tcp_address = (bind, actual)
+        if tls_port and ssl_context is not None:
+            tls = StreamServer(
+                _tcp_socket(bind, tls_port if tls_port > 0 else 0),
+                self._stream_handler("tls"),
+                ssl_context=ssl_context,
+            )
+            tls.start()
+            self.servers.append(tls)
+            self.tls_address = (bind, tls.server_port)
+        self._sweeper = gevent.spawn(self._sweep)
+
+    def _sweep(self) -> None:
+        while True:
+            gevent.sleep(1.0)
+            try:
+                for allocation in self.core.expire(self.clock()):
+                    log.debug("allocation %s expired", allocation.relay.public)
+            except Exception:
+                log.exception("expiry sweep failed")
+
+    def stop(self) -> None:
+        """Close listeners and every allocation's relay socket."""
+        if self._sweeper is not None:
+            self._sweeper.kill(block=False)
+        for server in self.servers:
+            server.stop(timeout=1)
+        for allocation in self.core.allocations:
+            self.core.allocations.remove(allocation)
+        for reservation in list(self.core.allocations.reservations.values()):
+            self.core.allocations.ports.close(reservation.relay)
+        self.core.allocations.reservations.clear()
+
+    def _stream_handler(self, transport: str) -> Callable[[Any, Any], None]:
+        def handle(sock: Any, address: Any) -> None:
+            self._serve_stream(sock, tuple(address[:2]), transport)
+
+        return handle
+
+    def _serve_stream(self, sock: Any, client: Address, transport: str) -> None:
+        server = tuple(sock.getsockname()[:2])
+        five_tuple = FiveTuple(transport, client, server)
+        link = ClientLink(client, sock, stream=True)
+        buf = bytearray()
+        try:
+            while True:
+                with gevent.Timeout(STREAM_IDLE_TIMEOUT, False):
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                    while True:
+                        try:
+                            size = next_frame_length(buf)
+                        except StunError:
+                            return  # not TURN: hang up
+                        if size is None or size > len(buf):
+                            break
+                        frame = bytes(buf[:size])
+                        del buf[:size]
+                        try:
+                            self.client_input(frame, five_tuple, link)
+                        except Exception:
+                            log.exception("%s %s: dropping a message", transport, client)
+                    if len(buf) > MAX_STREAM_BUFFER:
+                        return
+                    continue
+                return  # idle timeout
+        except OSError:
+            return
+        finally:
+            # RFC 8656 §5: over TCP/TLS the allocation lives as long as the connection.
+            allocation = self.core.allocations.get(five_tuple)
+            if allocation is not None:
+                self.core.allocations.remove(allocation)
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
+class _UdpListener(DatagramServer):  # type: ignore[misc]
+    """The UDP listener: handles datagrams inline (no greenlet per datagram)."""
+
+    def __init__(self, turn: TurnServer, address: Address) -> None:
+        super().__init__(address, spawn=None)
+        self.turn = turn
+        self._links: dict[Address, ClientLink] = {}
+
+    def do_read(self) -> tuple[bytes, Any] | None:
+        try:
+            return self._socket.recvfrom(MAX_DATAGRAM)  # type: ignore[no-any-return]
+        except OSError as err:
+            if err.args[0] in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return None
+            if err.args[0] in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                return None  # an ICMP error for an earlier send; keep reading
+            raise
+
+    def handle(self, data: bytes, address: Any) -> None:
+        try:
+            client: Address = address[:2] if len(address) > 2 else address
+            five_tuple = FiveTuple("udp", client, self.address[:2])
+            link = self._links.get(client)
+            if link is None:
+                if len(self._links) > 100_000:
+                    self._links.clear()  # bounded: links are cheap to recreate
+                link = self._links[client] = ClientLink(client, self._socket, stream=False)
+            self.turn.client_input(data, five_tuple, link)
+        except Exception:
+            log.exception("udp %s: dropping a datagram", address)
+
+
+def _tcp_socket(bind: str, port: int) -> gevent.socket.socket:
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    sock = gevent.socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((bind, port))
+    sock.listen(1024)
+    return sock
+
+
+def guess_public_ipv4() -> str:
+    """A non-loopback IPv4 address of this host (for XOR-RELAYED-ADDRESS when
+    ``public_ip`` is not set), else 127.0.0.1. No packet is sent to find it."""
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+    except OSError:
+        infos = []
+    for info in infos:
+        ip = str(info[4][0])
+        if not ip.startswith("127."):
+            return ip
+    return "127.0.0.1"
+
+
+def public_addresses(public_ip: str, bind: str) -> tuple[str, str | None]:
+    """The addresses relays are advertised with: (IPv4, IPv6 or None if no IPv6 relays)."""
+    v6 = public_ip if ":" in public_ip else (bind if ":" in bind and bind != "::" else None)
+    if public_ip and ":" not in public_ip:
+        v4 = public_ip
+    elif bind and ":" not in bind and bind != "0.0.0.0":
+        v4 = bind
+    else:
+        v4 = guess_public_ipv4()
+    return v4, v6
