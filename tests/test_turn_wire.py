@@ -196,27 +196,28 @@ class RawTurn:
         self.realm = ""
         self.nonce = ""
 
+    def _send(self, data: bytes) -> None:
+        self.sock.sendto(data, self.server)
+
+    def _recv(self) -> bytes:
+        return self.sock.recvfrom(65535)[0]
+
     def request(self, method: int, attrs: dict[int, Any]) -> Message:
         if not self.nonce:
-            self.sock.sendto(
-                serialize(Message(method, Class.REQUEST, attributes=dict(attrs))), self.server
-            )
-            challenge = parse(self.sock.recvfrom(65535)[0])
+            self._send(serialize(Message(method, Class.REQUEST, attributes=dict(attrs))))
+            challenge = parse(self._recv())
             assert challenge.attributes[Attr.ERROR_CODE][0] == 401
             self.realm = challenge.attributes[Attr.REALM]
             self.nonce = challenge.attributes[Attr.NONCE]
-        signed = Message(
-            method,
-            Class.REQUEST,
-            attributes={
-                **attrs,
-                Attr.USERNAME: self.username,
-                Attr.REALM: self.realm,
-                Attr.NONCE: self.nonce,
-            },
-        )
-        self.sock.sendto(serialize(signed, integrity_key=self.key), self.server)
-        return parse(self.sock.recvfrom(65535)[0])
+        attributes = {
+            **attrs,
+            Attr.USERNAME: self.username,
+            Attr.REALM: self.realm,
+            Attr.NONCE: self.nonce,
+        }
+        signed = Message(method, Class.REQUEST, attributes=attributes)
+        self._send(serialize(signed, integrity_key=self.key))
+        return parse(self._recv())
 
     def close(self) -> None:
         self.sock.close()

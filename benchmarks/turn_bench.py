@@ -1,0 +1,621 @@
+"""TURN benchmark: relay CPU per packet, allocations per second, memory per allocation.
+
+Starts ``python -m flaskrtc`` (TURN on 127.0.0.1, ephemeral ports) and coturn's
+``turnserver`` side by side with the same secret, realm and loopback peers allowed, and
+drives both with the same clients. Prints its figures; asserts nothing; all traffic stays on
+127.0.0.1. Run with ``.venv/bin/python benchmarks/turn_bench.py [--messages 2000]``; needs
+coturn (``turnserver``, ``turnutils_uclient``), which the whole run is skipped without.
+
+(1) relay cost: ``turnutils_uclient -y`` (client to client through the server, ChannelData)
+    with 100- and 1000-byte payloads. Server CPU (utime+stime from /proc, all threads) per
+    message received by the clients. Each such message crosses the server twice (client A ->
+    relay A -> relay B -> client B: two recvfrom and two sendto in the server), the same for
+    every server. Reference: a bare, gevent-free Python recvfrom/sendto forwarder (epoll,
+    a dict of upstream sockets, no parsing) placed between uclient and coturn; its own CPU
+    per message is what the same two hops cost in plain Python.
+(2) allocations/s: full Allocate with long-term auth (unsigned request, 401 with REALM and
+    NONCE, signed request) from this process, one UDP socket per allocation, in batches.
+(3) memory per live allocation: the server's VmRSS before and after 1000 held allocations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import hmac
+import os
+import re
+import resource
+import selectors
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from flaskrtc.turn.stun import (  # noqa: E402
+    Attr,
+    Class,
+    Message,
+    Method,
+    StunError,
+    long_term_key,
+    parse,
+    serialize,
+)
+
+SECRET = "bench-secret"
+REALM = "flutter-webrtc"
+HOST = "127.0.0.1"
+TURN_RE = re.compile(r"turn: listening on udp and tcp 127\.0\.0\.1:(\d+)")
+HTTP_RE = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU seconds of process ``pid``, all its threads (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kb(pid: int) -> int:
+    """Resident set size of process ``pid`` in KB (VmRSS from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 (coturn listens on both)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((HOST, 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((HOST, port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port")
+
+
+def rest_credential(user: str, ttl: int = 3600) -> tuple[str, str]:
+    """A TURN REST username and password under SECRET (coturn's use-auth-secret scheme)."""
+    username = f"{int(time.time()) + ttl}:{user}"
+    digest = hmac.new(SECRET.encode(), username.encode(), hashlib.sha1).digest()
+    return username, base64.b64encode(digest).decode("ascii")
+
+
+class Server:
+    """A server process whose output is drained (and kept) by a thread."""
+
+    def __init__(self, name: str, cmd: list[str], workdir: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.cmd = cmd
+        self.lines: list[str] = []
+        self.cond = threading.Condition()
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
+        self.pid = self.proc.pid
+        self.port = 0
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self.cond:
+                if len(self.lines) < 10000:
+                    self.lines.append(line.rstrip("\n"))
+                self.cond.notify_all()
+        with self.cond:
+            self.cond.notify_all()
+
+    def wait_for(self, regex: re.Pattern[str], timeout: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self.cond:
+            while True:
+                for line in self.lines[seen:]:
+                    found = regex.search(line)
+                    if found:
+                        return found
+                seen = len(self.lines)
+                left = deadline - time.monotonic()
+                if left <= 0 or self.proc.poll() is not None:
+                    tail = "\n".join(self.lines[-20:])
+                    raise RuntimeError(f"{self.name}: no line matching {regex.pattern}:\n{tail}")
+                self.cond.wait(min(left, 0.5))
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def rss(self) -> int:
+        return rss_kb(self.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def start_flaskrtc(workdir: Path) -> tuple[Server, str]:
+    """flaskrtc with plain HTTP and TURN on loopback, no quotas; returns it and its HTTP port."""
+    config = workdir / "config.ini"
+    config.write_text(
+        "[general]\nbind = 127.0.0.1\nport = 0\ntls = false\n"
+        f"html_root = {REPO / 'web'}\nlog_level = INFO\n"
+        f"[turn]\nsecret = {SECRET}\npublic_ip = 127.0.0.1\nbind = 127.0.0.1\nport = 0\n"
+        "tls_port = 0\nallowed_peer_ip = 127.0.0.1\nmin_port = 40000\nmax_port = 49999\n"
+        "user_quota = 0\ntotal_quota = 0\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    server = Server(
+        "flaskrtc", [sys.executable, "-m", "flaskrtc", "--config", str(config)], workdir, env
+    )
+    http = server.wait_for(HTTP_RE, 30).group(1)
+    server.port = int(server.wait_for(TURN_RE, 30).group(1))
+    return server, http
+
+
+def start_coturn(turnserver: str, workdir: Path) -> Server:
+    """coturn on loopback: same secret and realm, one relay thread, logging to a file."""
+    port = free_port()
+    cmd = [
+        turnserver,
+        "-n",
+        "--listening-ip=127.0.0.1",
+        "--relay-ip=127.0.0.1",
+        f"--listening-port={port}",
+        "--min-port=50000",
+        "--max-port=59999",
+        "--use-auth-secret",
+        f"--static-auth-secret={SECRET}",
+        f"--realm={REALM}",
+        "--allow-loopback-peers",
+        "--no-tls",
+        "--no-dtls",
+        "--no-cli",
+        "--relay-threads=1",
+        f"--pidfile={workdir / 'turn.pid'}",
+        f"--log-file={workdir / 'turn.log'}",
+        "--no-stdout-log",
+        "--simple-log",
+    ]
+    server = Server("coturn", cmd, workdir, dict(os.environ))
+    server.port = port
+    deadline = time.monotonic() + 20
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.3)
+        while time.monotonic() < deadline and server.proc.poll() is None:
+            try:
+                sock.sendto(serialize(Message(Method.BINDING, Class.REQUEST)), (HOST, port))
+                if parse(sock.recvfrom(2048)[0]).cls == Class.SUCCESS:
+                    return server
+            except (OSError, StunError):
+                time.sleep(0.1)
+    server.stop()
+    raise RuntimeError("coturn did not answer a Binding request:\n" + "\n".join(server.lines))
+
+
+# -- the reference forwarder --------------------------------------------------------------
+
+
+def forward(upstream_port: int, max_seconds: float) -> None:
+    """A bare UDP forwarder (run in its own process): datagrams from clients to the upstream
+    server from one socket per client, and back. No gevent, no parsing: the floor for a
+    Python relay of the same two hops. Prints its port; exits after ``max_seconds``."""
+    upstream = (HOST, upstream_port)
+    front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    front.bind((HOST, 0))
+    front.setblocking(False)
+    print(front.getsockname()[1], flush=True)
+    sel = selectors.DefaultSelector()
+    sel.register(front, selectors.EVENT_READ, None)
+    backs: dict[Any, socket.socket] = {}
+    front_recv, front_send = front.recvfrom, front.sendto
+    stop_at = time.monotonic() + max_seconds
+    while time.monotonic() < stop_at:
+        for key, _ in sel.select(1.0):
+            sock: socket.socket = key.fileobj  # type: ignore[assignment]
+            client = key.data
+            recv = front_recv if client is None else sock.recvfrom
+            while True:
+                try:
+                    data, addr = recv(65535)
+                except BlockingIOError:
+                    break
+                try:
+                    if client is not None:
+                        front_send(data, client)
+                        continue
+                    back = backs.get(addr)
+                    if back is None:
+                        back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                        back.bind((HOST, 0))
+                        back.setblocking(False)
+                        sel.register(back, selectors.EVENT_READ, addr)
+                        backs[addr] = back
+                    back.sendto(data, upstream)
+                except OSError:
+                    pass  # a full buffer drops the datagram, as the network would
+
+
+def start_forwarder(upstream_port: int, workdir: Path) -> tuple[subprocess.Popen[str], int]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--forward", str(upstream_port)],
+        cwd=workdir,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    stdout = proc.stdout
+    assert stdout is not None
+    result: list[str] = []
+    reader = threading.Thread(target=lambda: result.append(stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(15)
+    if not result or not result[0].strip().isdigit():
+        proc.kill()
+        proc.wait(10)
+        raise RuntimeError("forwarder did not start")
+    return proc, int(result[0])
+
+
+# -- (1) relay cost -----------------------------------------------------------------------
+
+
+def run_uclient(uclient: str, port: int, length: int, args: argparse.Namespace) -> dict[str, float]:
+    """turnutils_uclient -y against ``port``; its totals (NaN when it failed)."""
+    cmd = [
+        uclient,
+        "-y",
+        "-W",
+        SECRET,
+        "-p",
+        str(port),
+        "-m",
+        str(args.clients),
+        "-n",
+        str(args.messages),
+        "-l",
+        str(length),
+        "-z",
+        str(args.interval),
+        HOST,
+    ]
+    start = time.monotonic()
+    try:
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, errors="replace", timeout=args.uclient_timeout
+        )
+        output = done.stdout + done.stderr
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout or b""
+        output = out.decode(errors="replace") if isinstance(out, bytes) else out
+    elapsed = time.monotonic() - start
+    nan = float("nan")
+    totals = re.findall(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", output)
+    lost = re.search(r"Total lost packets (\d+) \(([\d.]+)%\)", output)
+    return {
+        "sent": float(totals[-1][0]) if totals else nan,
+        "received": float(totals[-1][1]) if totals else nan,
+        "lost": float(lost.group(1)) if lost else nan,
+        "lost_pct": float(lost.group(2)) if lost else nan,
+        "seconds": elapsed,
+    }
+
+
+def measure_relay(
+    uclient: str, port: int, length: int, pids: list[int], args: argparse.Namespace
+) -> tuple[dict[str, float], list[float]]:
+    """One uclient run; the CPU seconds each of ``pids`` spent during it."""
+    before = [cpu_seconds(pid) for pid in pids]
+    result = run_uclient(uclient, port, length, args)
+    return result, [cpu_seconds(pid) - cpu0 for pid, cpu0 in zip(pids, before, strict=True)]
+
+
+def per_msg_us(cpu: float, result: dict[str, float]) -> float:
+    received = result["received"]
+    return cpu / received * 1e6 if received == received and received > 0 else float("nan")
+
+
+# -- (2) and (3) allocations ----------------------------------------------------------------
+
+
+def exchange(requests: dict[socket.socket, bytes], timeout: float) -> dict[socket.socket, Message]:
+    """Send each socket's request to the server it is connected to and collect the replies
+    (by transaction id); one retransmission of the missing ones halfway through."""
+    replies: dict[socket.socket, Message] = {}
+    sel = selectors.DefaultSelector()
+    for sock, data in requests.items():
+        sock.send(data)
+        sel.register(sock, selectors.EVENT_READ)
+    start = time.monotonic()
+    resent = False
+    try:
+        while len(replies) < len(requests):
+            now = time.monotonic()
+            if now - start > timeout:
+                break
+            if not resent and now - start > timeout / 2:
+                resent = True
+                for sock, data in requests.items():
+                    if sock not in replies:
+                        sock.send(data)
+            for key, _ in sel.select(0.05):
+                sock = key.fileobj  # type: ignore[assignment]
+                try:
+                    msg = parse(sock.recv(65535))
+                except (OSError, StunError):
+                    continue
+                if msg.transaction_id == requests[sock][8:20]:
+                    replies[sock] = msg
+                    sel.unregister(sock)
+    finally:
+        sel.close()
+    return replies
+
+
+class Allocations:
+    """Allocations held by this process, one UDP socket each, against one server."""
+
+    def __init__(self, port: int, user: str) -> None:
+        self.server = (HOST, port)
+        self.username, password = rest_credential(user)
+        self.key = long_term_key(self.username, REALM, password)
+        self.held: dict[socket.socket, tuple[str, str]] = {}  # socket -> (realm, nonce)
+        self.failures: dict[str, int] = {}
+
+    def _fail(self, why: str) -> None:
+        self.failures[why] = self.failures.get(why, 0) + 1
+
+    def allocate(self, count: int, batch: int) -> float:
+        """Create ``count`` allocations, ``batch`` in flight at once; returns the seconds."""
+        start = time.perf_counter()
+        for first in range(0, count, batch):
+            socks = []
+            for _ in range(min(batch, count - first)):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sock.setblocking(False)
+                sock.connect(self.server)
+                socks.append(sock)
+            plain = {
+                s: serialize(
+                    Message(
+                        Method.ALLOCATE, Class.REQUEST, attributes={Attr.REQUESTED_TRANSPORT: 17}
+                    )
+                )
+                for s in socks
+            }
+            challenges = exchange(plain, 5.0)
+            signed: dict[socket.socket, bytes] = {}
+            for sock in socks:
+                reply = challenges.get(sock)
+                if reply is None or reply.get(Attr.ERROR_CODE, (0, ""))[0] != 401:
+                    self._fail("timeout" if reply is None else f"{reply.get(Attr.ERROR_CODE)[0]}")
+                    sock.close()
+                    continue
+                realm, nonce = reply.get(Attr.REALM), reply.get(Attr.NONCE)
+                self.held[sock] = (realm, nonce)
+                msg = Message(
+                    Method.ALLOCATE,
+                    Class.REQUEST,
+                    attributes={
+                        Attr.REQUESTED_TRANSPORT: 17,
+                        Attr.USERNAME: self.username,
+                        Attr.REALM: realm,
+                        Attr.NONCE: nonce,
+                    },
+                )
+                signed[sock] = serialize(msg, integrity_key=self.key)
+            replies = exchange(signed, 5.0)
+            for sock in signed:
+                reply = replies.get(sock)
+                if reply is None or reply.cls != Class.SUCCESS:
+                    self._fail("timeout" if reply is None else f"{reply.get(Attr.ERROR_CODE)[0]}")
+                    del self.held[sock]
+                    sock.close()
+        return time.perf_counter() - start
+
+    def release(self, batch: int) -> list[socket.socket]:
+        """Refresh LIFETIME 0 on every held allocation; returns the sockets, still open (a
+        closed socket's port could come back at once for a new allocation, and coturn
+        answers 437 to a 5-tuple whose deleted allocation it still remembers)."""
+        socks = list(self.held)
+        for first in range(0, len(socks), batch):
+            requests = {}
+            for sock in socks[first : first + batch]:
+                realm, nonce = self.held[sock]
+                msg = Message(
+                    Method.REFRESH,
+                    Class.REQUEST,
+                    attributes={
+                        Attr.LIFETIME: 0,
+                        Attr.USERNAME: self.username,
+                        Attr.REALM: realm,
+                        Attr.NONCE: nonce,
+                    },
+                )
+                requests[sock] = serialize(msg, integrity_key=self.key)
+            exchange(requests, 2.0)
+        self.held.clear()
+        return socks
+
+
+@dataclass
+class AllocationFigures:
+    held: int
+    seconds: float
+    cpu: float
+    rss_before: int
+    rss_after: int
+    failures: dict[str, int]
+
+    @property
+    def per_s(self) -> float:
+        return self.held / self.seconds if self.seconds > 0 else float("nan")
+
+
+def allocation_figures(server: Server, count: int, batch: int) -> AllocationFigures:
+    """Warm up, then time ``count`` allocations and measure the RSS they hold."""
+    warm = Allocations(server.port, "warmup")
+    warm.allocate(50, batch)
+    spent = warm.release(batch)
+    time.sleep(0.5)
+    rss0 = server.rss()
+    cpu0 = server.cpu()
+    allocs = Allocations(server.port, "bench")
+    seconds = allocs.allocate(count, batch)
+    cpu = server.cpu() - cpu0
+    time.sleep(0.5)
+    rss1 = server.rss()
+    figures = AllocationFigures(len(allocs.held), seconds, cpu, rss0, rss1, allocs.failures)
+    spent += allocs.release(batch)
+    for sock in spent:
+        sock.close()
+    return figures
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--clients", type=int, default=10, help="uclient -m")
+    parser.add_argument("--messages", type=int, default=2000, help="uclient -n")
+    parser.add_argument("--interval", type=int, default=5, help="uclient -z (ms)")
+    parser.add_argument("--lengths", default="100,1000", help="uclient -l payloads")
+    parser.add_argument("--uclient-timeout", type=float, default=90.0)
+    parser.add_argument("--allocations", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=50, help="allocations in flight")
+    parser.add_argument("--no-reference", action="store_true", help="skip the bare forwarder")
+    parser.add_argument("--forward", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.forward:
+        forward(args.forward, max_seconds=600)
+        return 0
+
+    turnserver, uclient = shutil.which("turnserver"), shutil.which("turnutils_uclient")
+    if turnserver is None or uclient is None:
+        print("coturn's turnserver / turnutils_uclient not installed (Debian package coturn)")
+        return 1
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the servers
+    lengths = [int(x) for x in args.lengths.split(",")]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        servers: list[Server] = []
+        forwarder: subprocess.Popen[str] | None = None
+        try:
+            (Path(tmp) / "flaskrtc").mkdir()
+            (Path(tmp) / "coturn").mkdir()
+            flask, http = start_flaskrtc(Path(tmp) / "flaskrtc")
+            servers.append(flask)
+            coturn = start_coturn(turnserver, Path(tmp) / "coturn")
+            servers.append(coturn)
+            print(
+                f"flaskrtc: pid {flask.pid}, http {http}, turn udp {flask.port}"
+                " (one process, gevent; quotas off, allowed_peer_ip 127.0.0.1)"
+            )
+            print(f"coturn:   pid {coturn.pid}, turn udp {coturn.port}: {' '.join(coturn.cmd[1:])}")
+            print(
+                f"uclient:  -y -m {args.clients} -n {args.messages} -z {args.interval}"
+                f" -l {args.lengths}; {os.cpu_count()} CPUs"
+            )
+
+            print(
+                f"\n(2)/(3) {args.allocations} allocations (401 challenge + signed Allocate,"
+                f" one UDP socket each, {args.batch} in flight), held open, then deleted"
+            )
+            alloc: dict[str, AllocationFigures] = {}
+            for server in servers:
+                fig = alloc[server.name] = allocation_figures(server, args.allocations, args.batch)
+                held = max(1, fig.held)
+                failed = ", ".join(f"{n}x {why}" for why, n in fig.failures.items()) or "none"
+                print(
+                    f"    {server.name:9} {fig.per_s:7.0f} allocations/s ({fig.held} in"
+                    f" {fig.seconds:.2f} s, server CPU {fig.cpu / held * 1e3:.2f} ms each,"
+                    f" failed: {failed})"
+                )
+                print(
+                    f"    {'':9} RSS {fig.rss_before / 1024:.1f} -> {fig.rss_after / 1024:.1f} MB"
+                    f" = {(fig.rss_after - fig.rss_before) / held:.1f} KB per live allocation"
+                )
+            ratio = alloc["coturn"].per_s / alloc["flaskrtc"].per_s
+            print(f"    coturn/flaskrtc allocations/s: {ratio:.2f}")
+
+            if not args.no_reference:
+                forwarder, fwd_port = start_forwarder(coturn.port, Path(tmp))
+            print(
+                "\n(1) relay cost: server CPU per message received by uclient (-y, ChannelData;"
+                " each message = 2 hops through the server)"
+            )
+            for length in lengths:
+                print(f"  payload {length} B:")
+                runs: dict[str, float] = {}
+                for server in servers:
+                    result, (cpu,) = measure_relay(uclient, server.port, length, [server.pid], args)
+                    runs[server.name] = per_msg_us(cpu, result)
+                    print(
+                        f"    {server.name:9} {runs[server.name]:6.1f} µs/msg"
+                        f" ({cpu:5.2f} s CPU, {result['received']:.0f}/{result['sent']:.0f}"
+                        f" msgs received/sent, lost {result['lost']:.0f}"
+                        f" = {result['lost_pct']:.2f}%, {result['seconds']:.1f} s)"
+                    )
+                if forwarder is not None:
+                    result, (cpu_fwd, cpu_turn) = measure_relay(
+                        uclient, fwd_port, length, [forwarder.pid, coturn.pid], args
+                    )
+                    runs["bare"] = per_msg_us(cpu_fwd, result)
+                    print(
+                        f"    bare py   {runs['bare']:6.1f} µs/msg"
+                        f" (forwarder in front of coturn: {cpu_fwd:5.2f} s CPU, coturn behind it"
+                        f" {per_msg_us(cpu_turn, result):.1f} µs/msg;"
+                        f" {result['received']:.0f}/{result['sent']:.0f} msgs,"
+                        f" lost {result['lost_pct']:.2f}%)"
+                    )
+                line = (
+                    f"    ratio flaskrtc/coturn {runs['flaskrtc'] / runs['coturn']:.2f}"
+                    " (target <= 3, aim 2)"
+                )
+                if "bare" in runs:
+                    line += (
+                        f"; bare Python/coturn {runs['bare'] / runs['coturn']:.2f},"
+                        f" flaskrtc/bare Python {runs['flaskrtc'] / runs['bare']:.2f}"
+                    )
+                print(line)
+        finally:
+            if forwarder is not None:
+                forwarder.kill()
+                forwarder.wait(10)
+            for server in servers:
+                server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
