@@ -35,6 +35,7 @@ test: lint pytest
 
 bench: $(STAMP)
 	$(PY) benchmarks/signal_bench.py
+	$(PY) benchmarks/turn_bench.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .mypy_cache .ruff_cache .pytest_cache dist

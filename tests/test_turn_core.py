@@ -434,9 +434,13 @@ def test_ipv6_family_unsupported_is_440() -> None:
     assert error(Client(core).allocate({Attr.REQUESTED_ADDRESS_FAMILY: 0x02})) == 440
 
 
-def test_dont_fragment_is_accepted() -> None:
+def test_dont_fragment_gets_420_as_the_rfc_says_when_df_is_not_set() -> None:
     core, _ = make_core()
-    assert Client(core).allocate({Attr.DONT_FRAGMENT: True}).cls == Class.SUCCESS
+    client = Client(core)
+    reply = client.allocate({Attr.DONT_FRAGMENT: True})
+    assert error(reply) == 420
+    assert reply.attributes[Attr.UNKNOWN_ATTRIBUTES] == (Attr.DONT_FRAGMENT,)
+    assert client.allocate().cls == Class.SUCCESS  # the retry without it works
 
 
 def test_unknown_comprehension_required_attribute_gets_420() -> None:

@@ -270,6 +270,11 @@ class TurnCore:
             raise TurnError(400, key=key)
         if transport != UDP:
             raise TurnError(442, key=key)
+        if Attr.DONT_FRAGMENT in attrs:
+            # RFC 8656 §7.2: a server that cannot set the DF bit on relayed datagrams treats
+            # DONT-FRAGMENT as an unknown comprehension-required attribute (clients retry
+            # without it).
+            raise TurnError(420, key=key, extra={Attr.UNKNOWN_ATTRIBUTES: (Attr.DONT_FRAGMENT,)})
         token = attrs.get(Attr.RESERVATION_TOKEN)
         even = attrs.get(Attr.EVEN_PORT)
         family_attr = attrs.get(Attr.REQUESTED_ADDRESS_FAMILY)
