@@ -29,6 +29,7 @@ from flaskrtc.turn.allocation import (
 from flaskrtc.turn.auth import Credentials, NonceCheck, Nonces
 from flaskrtc.turn.policy import PeerPolicy
 from flaskrtc.turn.stun import (
+    ERROR_REASONS,
     Attr,
     Class,
     Message,
@@ -46,22 +47,9 @@ log = logging.getLogger("flaskrtc.turn")
 UDP = 17
 FAMILY_IPV4, FAMILY_IPV6 = 0x01, 0x02
 
-# Short reason phrases: error responses are sent to unauthenticated sources too, and must not
-# be bigger than the request that caused them (no amplification).
-REASONS = {
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    420: "Unknown Attribute",
-    437: "Allocation Mismatch",
-    438: "Stale Nonce",
-    440: "Address Family not Supported",
-    441: "Wrong Credentials",
-    442: "Unsupported Transport Protocol",
-    443: "Peer Address Family Mismatch",
-    486: "Allocation Quota Reached",
-    508: "Insufficient Capacity",
-}
+# Short reason phrases (stun.ERROR_REASONS): error responses go to unauthenticated sources
+# too, and must not be bigger than the request that caused them (no amplification).
+REASONS = ERROR_REASONS
 
 
 @dataclass(frozen=True)
