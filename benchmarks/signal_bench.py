@@ -38,6 +38,8 @@ from gevent.server import StreamServer  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from procstats import cpu_seconds  # noqa: E402
+
 from flaskrtc.signal.wsframe import (  # noqa: E402
     OP_TEXT,
     FrameDecoder,
@@ -137,12 +139,6 @@ def start_server(workdir: Path, keepalive: float = 5.0) -> tuple[subprocess.Pope
             break
     proc.kill()
     raise RuntimeError("server did not start")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User+system CPU seconds of process ``pid`` (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- (a) forwarding ---------------------------------------------------------------------

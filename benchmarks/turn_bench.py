@@ -42,6 +42,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from procstats import cpu_seconds, rss_kb  # noqa: E402
+
 from flaskrtc.turn.stun import (  # noqa: E402
     Attr,
     Class,
@@ -58,20 +60,6 @@ REALM = "flutter-webrtc"
 HOST = "127.0.0.1"
 TURN_RE = re.compile(r"turn: listening on udp and tcp 127\.0\.0\.1:(\d+)")
 HTTP_RE = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User+system CPU seconds of process ``pid``, all its threads (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_kb(pid: int) -> int:
-    """Resident set size of process ``pid`` in KB (VmRSS from /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def free_port() -> int:
@@ -421,17 +409,9 @@ class Allocations:
                     continue
                 realm, nonce = reply.get(Attr.REALM), reply.get(Attr.NONCE)
                 self.held[sock] = (realm, nonce)
-                msg = Message(
-                    Method.ALLOCATE,
-                    Class.REQUEST,
-                    attributes={
-                        Attr.REQUESTED_TRANSPORT: 17,
-                        Attr.USERNAME: self.username,
-                        Attr.REALM: realm,
-                        Attr.NONCE: nonce,
-                    },
+                signed[sock] = self._signed(
+                    Method.ALLOCATE, {Attr.REQUESTED_TRANSPORT: 17}, realm, nonce
                 )
-                signed[sock] = serialize(msg, integrity_key=self.key)
             replies = exchange(signed, 5.0)
             for sock in signed:
                 reply = replies.get(sock)
@@ -440,6 +420,12 @@ class Allocations:
                     del self.held[sock]
                     sock.close()
         return time.perf_counter() - start
+
+    def _signed(self, method: int, attrs: dict[int, Any], realm: str, nonce: str) -> bytes:
+        """A request signed with this client's long-term key."""
+        attributes = {**attrs, Attr.USERNAME: self.username, Attr.REALM: realm, Attr.NONCE: nonce}
+        msg = Message(method, Class.REQUEST, attributes=attributes)
+        return serialize(msg, integrity_key=self.key)
 
     def release(self, batch: int) -> list[socket.socket]:
         """Refresh LIFETIME 0 on every held allocation; returns the sockets, still open (a
@@ -450,17 +436,7 @@ class Allocations:
             requests = {}
             for sock in socks[first : first + batch]:
                 realm, nonce = self.held[sock]
-                msg = Message(
-                    Method.REFRESH,
-                    Class.REQUEST,
-                    attributes={
-                        Attr.LIFETIME: 0,
-                        Attr.USERNAME: self.username,
-                        Attr.REALM: realm,
-                        Attr.NONCE: nonce,
-                    },
-                )
-                requests[sock] = serialize(msg, integrity_key=self.key)
+                requests[sock] = self._signed(Method.REFRESH, {Attr.LIFETIME: 0}, realm, nonce)
             exchange(requests, 2.0)
         self.held.clear()
         return socks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,7 +99,7 @@ class Client:
         assert reply.transaction_id == msg.transaction_id
         return reply
 
-    def request(self, method: int, attrs: dict[int, Any] | None = None, **kw: Any) -> Message:
+    def request(self, method: int, attrs: Mapping[Any, Any] | None = None, **kw: Any) -> Message:
         return self.send(Message(method, Class.REQUEST, attributes=dict(attrs or {})), **kw)
 
     def allocate(self, attrs: dict[int, Any] | None = None) -> Message:
@@ -470,3 +471,24 @@ def test_requests_without_allocation_get_437(method: int) -> None:
     core, _ = make_core()
     attrs: dict[int, Any] = {Attr.XOR_PEER_ADDRESS: PEER, Attr.CHANNEL_NUMBER: 0x4000}
     assert error(Client(core).request(method, attrs)) == 437
+
+
+def test_channel_cap_is_508() -> None:
+    core, _ = make_core(max_channels=2)
+    client = Client(core)
+    client.allocate()
+    for i in range(2):
+        bind = {Attr.CHANNEL_NUMBER: 0x4000 + i, Attr.XOR_PEER_ADDRESS: (PEER[0], 6000 + i)}
+        assert client.request(Method.CHANNEL_BIND, bind).cls == Class.SUCCESS
+    third = {Attr.CHANNEL_NUMBER: 0x4002, Attr.XOR_PEER_ADDRESS: (PEER[0], 6002)}
+    assert error(client.request(Method.CHANNEL_BIND, third)) == 508
+    # Refreshing an existing binding is not a new channel.
+    again = {Attr.CHANNEL_NUMBER: 0x4000, Attr.XOR_PEER_ADDRESS: (PEER[0], 6000)}
+    assert client.request(Method.CHANNEL_BIND, again).cls == Class.SUCCESS
+
+
+def test_zero_quotas_mean_unlimited() -> None:
+    core, _ = make_core(user_quota=0, total_quota=0)
+    for i in range(30):
+        five_tuple = FiveTuple("udp", ("198.51.100.1", 1000 + i), CLIENT.server)
+        assert Client(core, five_tuple).allocate().cls == Class.SUCCESS

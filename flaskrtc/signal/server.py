@@ -293,6 +293,7 @@ class SignalServer:
         self.conns: dict[ConnId, Connection] = {}
         self._next_id = 0
         self._tick = gevent.event.Event()
+        self._emptied = gevent.event.Event()  # set when the last connection has ended
         self._ticker: gevent.Greenlet[Any] | None = None
         self.stopping = False
 
@@ -319,6 +320,8 @@ class SignalServer:
         """``conn`` has ended: forget it and tell the hub (once)."""
         if self.conns.pop(conn.id, None) is None:
             return
+        if not self.conns:
+            self._emptied.set()
         self.apply(self.hub.disconnect(conn.id, time.monotonic()))
 
     def apply(self, actions: list[Action]) -> None:
@@ -361,9 +364,9 @@ class SignalServer:
         conns = list(self.conns.values())
         for conn in conns:
             conn.close(1001, "server shutting down")
-        deadline = time.monotonic() + timeout
-        while self.conns and time.monotonic() < deadline:
-            gevent.sleep(0.02)
+        if self.conns:
+            self._emptied.clear()
+            self._emptied.wait(timeout)
         for conn in list(self.conns.values()):
             conn._shutdown()
         if self._ticker is not None:

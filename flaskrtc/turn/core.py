@@ -110,6 +110,12 @@ class TurnCore:
         self.nonces = nonces
         self.policy = policy
         self.limits = limits
+        self._handlers: dict[int, Any] = {
+            Method.ALLOCATE: self._allocate,
+            Method.REFRESH: self._refresh,
+            Method.CREATE_PERMISSION: self._create_permission,
+            Method.CHANNEL_BIND: self._channel_bind,
+        }
 
     # -- entry points ------------------------------------------------------------------
 
@@ -161,13 +167,7 @@ class TurnCore:
             key, username = self._authenticate(msg, ft, now)
             if msg.unknown_required:
                 raise TurnError(420, key=key, extra={Attr.UNKNOWN_ATTRIBUTES: msg.unknown_required})
-            handlers: dict[int, Any] = {
-                Method.ALLOCATE: self._allocate,
-                Method.REFRESH: self._refresh,
-                Method.CREATE_PERMISSION: self._create_permission,
-                Method.CHANNEL_BIND: self._channel_bind,
-            }
-            handler = handlers.get(msg.method)
+            handler = self._handlers.get(msg.method)
             if handler is None:
                 raise TurnError(400, key=key)
             attributes = handler(msg, ft, now, key, username)

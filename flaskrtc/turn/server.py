@@ -72,7 +72,6 @@ class UdpRelayPorts:
         self.min_port, self.max_port = min_port, max_port
         self.public_v4, self.public_v6 = public_v4, public_v6
         self.on_open = on_open
-        self.open_count = 0
 
     def supports(self, family: int) -> bool:
         """IPv4 always; IPv6 when the host has it (and a public IPv6 address is known)."""
@@ -107,7 +106,6 @@ class UdpRelayPorts:
                 continue
             public = self.public_v6 if family == 6 else self.public_v4
             relay = RelaySocket(sock, public or host)
-            self.open_count += 1
             if self.on_open is not None:
                 self.on_open(relay)  # starts the relay's reader greenlet
             return relay
@@ -119,16 +117,16 @@ class UdpRelayPorts:
             relay.reader.kill(block=False)
             relay.reader = None
         relay.sock.close()
-        self.open_count -= 1
 
 
 class ClientLink:
     """How to reach one client: the UDP listener socket, or a TCP/TLS connection."""
 
-    __slots__ = ("address", "lock", "pad", "raw", "stream")
+    __slots__ = ("address", "five_tuple", "lock", "pad", "raw", "stream")
 
-    def __init__(self, address: Address, raw: Any, *, stream: bool) -> None:
-        self.address = address
+    def __init__(self, five_tuple: FiveTuple, raw: Any, *, stream: bool) -> None:
+        self.five_tuple = five_tuple  # built once per client, not per datagram
+        self.address = five_tuple.client
         self.raw = raw
         self.stream = stream
         self.pad = stream  # ChannelData over streams is padded to 4 bytes (§12.5)
@@ -203,8 +201,9 @@ class TurnServer:
 
     # -- client input --------------------------------------------------------------------
 
-    def client_input(self, data: bytes, five_tuple: FiveTuple, link: ClientLink) -> None:
+    def client_input(self, data: bytes, link: ClientLink) -> None:
         """One datagram or stream frame from a client: fast path for ChannelData."""
+        five_tuple = link.five_tuple
         if data and data[0] & 0xC0 == 0x40:
             allocation = self.core.allocations.by_five_tuple.get(five_tuple)
             if allocation is None or len(data) < 4:
@@ -241,10 +240,19 @@ class TurnServer:
         ssl_context: ssl.SSLContext | None,
     ) -> None:
         """Listen on UDP and TCP ``port`` (the same number) and TLS ``tls_port`` (0 = off)."""
-        udp = _UdpListener(self, (bind, port))
-        udp.init_socket()
-        actual = udp.address[1]
-        tcp = StreamServer(_tcp_socket(bind, actual), self._stream_handler("tcp"))
+        # Port 0: the UDP port the kernel picks may be taken for TCP; pick again (bounded).
+        for attempt in range(20 if port == 0 else 1):
+            udp = _UdpListener(self, (bind, port))
+            udp.init_socket()
+            actual = udp.address[1]
+            try:
+                tcp_sock = _tcp_socket(bind, actual)
+                break
+            except OSError:
+                udp.close()
+                if attempt == 19 or port != 0:
+                    raise
+        tcp = StreamServer(tcp_sock, self._stream_handler("tcp"))
         udp.start()
         tcp.start()
         self.servers += [udp, tcp]
@@ -291,7 +299,7 @@ class TurnServer:
     def _serve_stream(self, sock: Any, client: Address, transport: str) -> None:
         server = tuple(sock.getsockname()[:2])
         five_tuple = FiveTuple(transport, client, server)
-        link = ClientLink(client, sock, stream=True)
+        link = ClientLink(five_tuple, sock, stream=True)
         buf = bytearray()
         try:
             while True:
@@ -310,7 +318,7 @@ class TurnServer:
                         frame = bytes(buf[:size])
                         del buf[:size]
                         try:
-                            self.client_input(frame, five_tuple, link)
+                            self.client_input(frame, link)
                         except Exception:
                             log.exception("%s %s: dropping a message", transport, client)
                     if len(buf) > MAX_STREAM_BUFFER:
@@ -351,13 +359,13 @@ class _UdpListener(DatagramServer):  # type: ignore[misc]
     def handle(self, data: bytes, address: Any) -> None:
         try:
             client: Address = address[:2] if len(address) > 2 else address
-            five_tuple = FiveTuple("udp", client, self.address[:2])
             link = self._links.get(client)
             if link is None:
                 if len(self._links) > 100_000:
                     self._links.clear()  # bounded: links are cheap to recreate
-                link = self._links[client] = ClientLink(client, self._socket, stream=False)
-            self.turn.client_input(data, five_tuple, link)
+                five_tuple = FiveTuple("udp", client, self.address[:2])
+                link = self._links[client] = ClientLink(five_tuple, self._socket, stream=False)
+            self.turn.client_input(data, link)
         except Exception:
             log.exception("udp %s: dropping a datagram", address)
 
@@ -365,9 +373,13 @@ class _UdpListener(DatagramServer):  # type: ignore[misc]
 def _tcp_socket(bind: str, port: int) -> gevent.socket.socket:
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
     sock = gevent.socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((bind, port))
-    sock.listen(1024)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((bind, port))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 
