@@ -38,6 +38,10 @@ setup(
             "mypy>=1.10,<3",
             # A TURN client nobody here wrote, for interop tests.
             "aioice>=0.9,<1",
+            # The web demo's tests: Playwright drives Debian's chromium (no browser download),
+            # and aiortc is a WebRTC peer that is not a browser, like the Flutter apps.
+            "playwright>=1.48,<2",
+            "aiortc>=1.9,<2",
         ],
         "build": ["pyinstaller>=6.3,<7"],
     },
