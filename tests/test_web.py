@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright import sync_api
 
+from tests.aiortc_peer import AiortcPeer
 from tests.browser import CHROMIUM_FLAGS, WebPage, chromium_path
 from tests.conftest import ServerProcess
-
-sync_api = pytest.importorskip("playwright.sync_api")
 
 NewPage = Callable[..., WebPage]
 
@@ -307,8 +307,7 @@ def test_browser_calls_a_python_aiortc_peer_over_turn(
     new_page: NewPage, web_server: ServerProcess
 ) -> None:
     """The path a Flutter app takes: a non-browser peer answers the page's call via TURN."""
-    aiortc_peer = pytest.importorskip("tests.aiortc_peer")
-    peer = aiortc_peer.AiortcPeer(web_server, "424242", "aiortc")
+    peer = AiortcPeer(web_server, "424242", "aiortc")
     try:
         a = new_page()
         a.wait_peer(peer.id)
@@ -331,8 +330,7 @@ def test_browser_calls_a_python_aiortc_peer_over_turn(
 
 def test_python_aiortc_peer_calls_the_browser(new_page: NewPage, web_server: ServerProcess) -> None:
     """A Flutter-style caller (candidates inside its SDP, no trickle) reaching the page."""
-    aiortc_peer = pytest.importorskip("tests.aiortc_peer")
-    peer = aiortc_peer.AiortcPeer(web_server, "525252", "aiortc caller")
+    peer = AiortcPeer(web_server, "525252", "aiortc caller")
     try:
         a = new_page()
         a.page.locator("#relay-only").set_checked(True)
@@ -351,3 +349,84 @@ def test_python_aiortc_peer_calls_the_browser(new_page: NewPage, web_server: Ser
         assert "hung up" in a.call_text()
     finally:
         peer.close()
+
+
+HELPER_CASES = """async () => {
+  const { resolveServer, backoffDelay } = await import("/js/signaling.js");
+  const { describeAgent, describePair, randomId } = await import("/js/format.js");
+  const { selectedPair, describeMediaError } = await import("/js/call.js");
+  const https = { protocol: "https:", host: "h:8086" };
+  const http = { protocol: "http:", host: "h:8086" };
+  let refused = null;
+  try { resolveServer("ftp://x", https); } catch (err) { refused = err.message; }
+  const stats = (reports) => new Map(reports.map((r) => [r.id, r]));
+  const candidates = [
+    { id: "L", type: "local-candidate", candidateType: "relay", protocol: "udp",
+      relayProtocol: "tcp" },
+    { id: "R", type: "remote-candidate", candidateType: "host", protocol: "udp" },
+  ];
+  const pair = { id: "P", type: "candidate-pair", localCandidateId: "L",
+                 remoteCandidateId: "R" };
+  return {
+    here: resolveServer("", https),
+    herePlain: resolveServer("  ", http),
+    hostPort: resolveServer("example.org:9000", https),
+    httpUrl: resolveServer("http://example.org:9000/", https),
+    wsUrl: resolveServer("wss://example.org/custom", http),
+    refused,
+    delays: [backoffDelay(0, () => 0.5), backoffDelay(1, () => 0.5), backoffDelay(9, () => 0.5),
+             backoffDelay(0, () => 0), backoffDelay(0, () => 1)],
+    agents: [describeAgent("flutter-webrtc/android-plugin 0.0.1"),
+             describeAgent("Mozilla/5.0 (Windows NT 10.0; rv:128.0) Gecko/20100101 Firefox/128.0"),
+             describeAgent("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605"
+                           + " (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1"),
+             describeAgent("")],
+    ids: [randomId(() => 0), randomId(() => 899999), randomId(() => 900000), randomId()],
+    chromiumPair: selectedPair(stats([...candidates, pair,
+      { id: "T", type: "transport", selectedCandidatePairId: "P" }])),
+    firefoxPair: selectedPair(stats([...candidates, { ...pair, selected: true }])),
+    noPair: selectedPair(stats([...candidates, pair])),
+    pairTexts: [describePair({ local: "relay", remote: "host", protocol: "udp",
+                               relayProtocol: "tcp" }),
+                describePair({ local: "host", remote: "srflx", protocol: "udp",
+                               relayProtocol: null })],
+    mediaErrors: ["NotAllowedError", "NotFoundError", "NotReadableError"].map(
+      (name) => describeMediaError({ name })),
+  };
+}"""
+
+
+def test_page_helpers(new_page: NewPage) -> None:
+    """The page's pure helpers, run as the browser runs them (no Node.js needed)."""
+    got = new_page().page.evaluate(HELPER_CASES)
+    assert got["here"] == {"wsUrl": "wss://h:8086/ws", "httpBase": "https://h:8086"}
+    assert got["herePlain"] == {"wsUrl": "ws://h:8086/ws", "httpBase": "http://h:8086"}
+    assert got["hostPort"] == {
+        "wsUrl": "wss://example.org:9000/ws",
+        "httpBase": "https://example.org:9000",
+    }
+    assert got["httpUrl"] == {
+        "wsUrl": "ws://example.org:9000/ws",
+        "httpBase": "http://example.org:9000",
+    }
+    assert got["wsUrl"] == {"wsUrl": "wss://example.org/custom", "httpBase": "https://example.org"}
+    assert got["refused"] == "unsupported scheme ftp:"
+    assert got["delays"] == [500, 1000, 10000, 375, 625]
+    assert got["agents"] == [
+        "Flutter · android",
+        "Firefox · Windows",
+        "Safari · iOS",
+        "unknown device",
+    ]
+    assert got["ids"][:3] == ["100000", "999999", "100000"]
+    assert re.fullmatch(r"[1-9]\d{5}", got["ids"][3])
+    expected_pair = {"local": "relay", "remote": "host", "protocol": "udp", "relayProtocol": "tcp"}
+    assert got["chromiumPair"] == expected_pair
+    assert got["firefoxPair"] == expected_pair
+    assert got["noPair"] is None
+    assert got["pairTexts"] == [
+        "relay ↔ host · udp, TURN over tcp — via TURN",
+        "host ↔ srflx · udp",
+    ]
+    assert "denied" in got["mediaErrors"][0] and "No camera" in got["mediaErrors"][1]
+    assert "in use" in got["mediaErrors"][2]
