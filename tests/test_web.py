@@ -21,6 +21,7 @@ from playwright import sync_api
 from tests.aiortc_peer import AiortcPeer
 from tests.browser import CHROMIUM_FLAGS, WebPage, chromium_path
 from tests.conftest import ServerProcess
+from tests.firefox import Firefox
 
 NewPage = Callable[..., WebPage]
 
@@ -36,14 +37,27 @@ def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    path = chromium_path()
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=path, headless=True, args=CHROMIUM_FLAGS
-        )
-        yield launched
-        launched.close()
+def playwright() -> Iterator[Any]:
+    # One Playwright per module: a second sync instance cannot run beside the first.
+    with sync_api.sync_playwright() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Any) -> Iterator[Any]:
+    launched = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+    yield launched
+    launched.close()
+
+
+@pytest.fixture(scope="module")
+def two_camera_browser(playwright: Any) -> Iterator[Any]:
+    """A Chromium whose fake media has two cameras."""
+    flags = [f for f in CHROMIUM_FLAGS if not f.startswith("--use-fake-device")]
+    flags.append("--use-fake-device-for-media-stream=device-count=2")
+    launched = playwright.chromium.launch(executable_path=chromium_path(), args=flags)
+    yield launched
+    launched.close()
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +75,8 @@ def new_page(browser: Any, web_server: ServerProcess, shots: Path) -> Iterator[N
     contexts: list[Any] = []
     pages: list[WebPage] = []
 
-    def make(open_now: bool = True, **context_args: Any) -> WebPage:
-        context = browser.new_context(ignore_https_errors=True, **context_args)
+    def make(open_now: bool = True, in_browser: Any = None, **context_args: Any) -> WebPage:
+        context = (in_browser or browser).new_context(ignore_https_errors=True, **context_args)
         context.set_default_timeout(15000)
         contexts.append(context)
         page = WebPage(context.new_page(), web_server.base, shots)
@@ -273,6 +287,27 @@ def test_reconnects_after_a_drop_and_keeps_its_id(new_page: NewPage) -> None:
     a.wait_peer(b.id)
 
 
+def test_switch_camera(new_page: NewPage, two_camera_browser: Any) -> None:
+    a, b = new_page(in_browser=two_camera_browser), new_page()
+    a.wait_peer(b.id)
+    a.call(b.id, "video")
+    b.accept()
+    a.wait_state("connected")
+    b.wait_video_playing()
+    label = "() => document.getElementById('local-video').srcObject.getVideoTracks()[0].label"
+    first = a.page.evaluate(label)
+    switch = a.page.locator("#switch")
+    switch.wait_for()  # shown: there are two cameras
+    switch.click()
+    a.wait_message("Camera: ")
+    second = a.page.evaluate(label)
+    assert first != second and second.startswith("fake_device")
+    # The peer keeps receiving video from the new camera (the sender's track was replaced).
+    b.wait_video_playing()
+    a.hangup()
+    b.wait_state("idle")
+
+
 def test_server_setting_is_remembered(new_page: NewPage, web_server: ServerProcess) -> None:
     a = new_page()
     a.page.locator("#settings summary").click()
@@ -430,3 +465,73 @@ def test_page_helpers(new_page: NewPage) -> None:
     ]
     assert "denied" in got["mediaErrors"][0] and "No camera" in got["mediaErrors"][1]
     assert "in use" in got["mediaErrors"][2]
+
+
+@pytest.fixture(scope="module")
+def firefox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Firefox]:
+    browser = Firefox(tmp_path_factory.mktemp("firefox-profile"))
+    yield browser
+    browser.close()
+
+
+def test_firefox_and_chromium_call_each_other(
+    firefox: Firefox, new_page: NewPage, web_server: ServerProcess, shots: Path
+) -> None:
+    """The page in Firefox ESR (driven over Marionette) calls Chromium, then the reverse."""
+    ff = firefox
+    ff.navigate(web_server.base + "/")
+    ff_id = ff.wait(
+        "document.getElementById('conn').dataset.state === 'open'"
+        " && document.getElementById('self-id').textContent",
+        "registration",
+    )
+    b = new_page()
+    b.wait_peer(ff_id)
+    assert "Firefox" in b.peer(ff_id).inner_text()
+    peer_button = f"document.querySelector('#peers li[data-peer-id=\"{b.id}\"] .call-%s')"
+    ff.wait(peer_button % "video", "Chromium in Firefox's list")
+
+    # Firefox calls with relay only; Chromium answers.
+    ff.run("const box = document.getElementById('relay-only'); if (!box.checked) box.click();")
+    ff.run(f"{peer_button % 'video'}.click();")
+    b.accept()
+    b.wait_state("connected")
+    ff.wait("document.getElementById('call-status').dataset.state === 'connected'", "connected")
+    # Firefox reports the selected pair with its own getStats() shape.
+    local = ff.wait("document.getElementById('pair').dataset.local", "the selected pair")
+    assert local == "relay"
+    b.wait_video_playing()  # Firefox's fake camera, seen in Chromium
+    ff.wait(
+        "(v => v.videoWidth > 0 && v.currentTime > 0.5)(document.getElementById('remote-video'))",
+        "Chromium's video playing in Firefox",
+    )
+    ff.run(
+        "document.getElementById('chat-input').value = arguments[0];"
+        " document.getElementById('chat-send').click();",
+        "from Firefox",
+    )
+    b.wait_chat("from Firefox")
+    b.chat("from Chromium")
+    ff.wait(
+        "[...document.querySelectorAll('#chat-log li.theirs .text')]"
+        ".some(e => e.textContent === 'from Chromium')",
+        "Chromium's chat line in Firefox",
+    )
+    ff.screenshot(shots / "firefox-call.png")
+    ff.run("document.getElementById('hangup').click();")
+    b.wait_state("idle")
+    ff.wait("document.getElementById('call-status').dataset.state === 'idle'", "idle")
+
+    # Chromium calls Firefox for a data-only call; Firefox accepts from its dialog.
+    b.call(ff_id, "data")
+    ff.wait("document.getElementById('incoming').open", "the incoming call dialog")
+    ff.run("document.getElementById('accept').click();")
+    b.wait_state("connected")
+    b.chat("data to Firefox")
+    ff.wait(
+        "[...document.querySelectorAll('#chat-log li.theirs .text')]"
+        ".some(e => e.textContent === 'data to Firefox')",
+        "the data call's chat line in Firefox",
+    )
+    b.hangup()
+    ff.wait("document.getElementById('call-status').dataset.state === 'idle'", "idle")

@@ -314,7 +314,10 @@ function watch(call, entry) {
   call.addEventListener("remote", ({ detail: stream }) => {
     const video = $("remote-video");
     if (video.srcObject !== stream) video.srcObject = stream;
-    video.play().catch(() => notify("Tap the video to start playback.", "info"));
+    video.play().catch((err) => {
+      // AbortError: a newer srcObject or track replaced this load; only a refusal matters.
+      if (err.name === "NotAllowedError") notify("Tap the video to start playback.", "info");
+    });
   });
   call.addEventListener("channel", ({ detail: state }) => {
     const open = state === "open";
@@ -467,6 +470,8 @@ $("chat-form").addEventListener("submit", (event) => {
 
 /* ---------- controls and settings ---------- */
 
+// Where autoplay with sound is refused, a tap on the video is the gesture that allows it.
+$("remote-video").addEventListener("click", () => $("remote-video").play().catch(() => {}));
 $("hangup").addEventListener("click", () => endCall("You hung up.", { bye: true }));
 $("mute").addEventListener("click", () => {
   if (!current || !current.call) return;
