@@ -20,7 +20,7 @@ from playwright import sync_api
 
 from tests.aiortc_peer import AiortcPeer
 from tests.browser import CHROMIUM_FLAGS, WebPage, chromium_path
-from tests.conftest import ServerProcess
+from tests.conftest import Client, ServerProcess
 from tests.firefox import Firefox
 
 NewPage = Callable[..., WebPage]
@@ -58,6 +58,20 @@ def two_camera_browser(playwright: Any) -> Iterator[Any]:
     launched = playwright.chromium.launch(executable_path=chromium_path(), args=flags)
     yield launched
     launched.close()
+
+
+@pytest.fixture
+def server_client(web_server: ServerProcess) -> Iterator[Callable[[], Client]]:
+    """Plain WebSocket clients on the test server, closed after the test."""
+    clients: list[Client] = []
+
+    def make() -> Client:
+        clients.append(web_server.connect())
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.close()
 
 
 @pytest.fixture(scope="module")
@@ -318,6 +332,73 @@ def test_server_setting_is_remembered(new_page: NewPage, web_server: ServerProce
     assert a.page.locator("#server").input_value() == f"127.0.0.1:{web_server.port}"
     a.page.locator('#conn[data-state="open"]').wait_for()
     assert f"127.0.0.1:{web_server.port}" in a.page.locator("#conn-text").inner_text()
+
+
+def test_points_at_another_flaskrtc(new_page: NewPage, tmp_path: Path) -> None:
+    """The server field moves the page to another server (its /ws and its /api/turn)."""
+    other = ServerProcess(tmp_path, extra={"turn.allowed_peer_ip": "127.0.0.0/8"})
+    try:
+        there = other.connect()
+        there.register("777777", "only on the other server")
+        a = new_page()
+        a.page.locator("#settings summary").click()
+        a.page.locator("#server").fill(f"https://127.0.0.1:{other.port}")
+        a.page.locator("#server-form button").click()
+        a.wait_peer("777777")
+        a.wait_peer(a.id)
+        there.expect_peers(["777777", a.id])
+        # Calls use the other server's TURN credentials (fetched cross-origin, CORS allows it).
+        a.call("777777", "data", relay_only=True)
+        offer = there.expect("offer")["data"]
+        assert offer["from"] == a.id and offer["media"] == "data"
+        other.wait_for_log(r'"GET /api/turn\?service=turn&username=' + a.id)
+        there.close()
+    finally:
+        assert other.stop() == 0
+
+
+def test_messages_the_page_sends_follow_the_protocol(
+    new_page: NewPage, server_client: Callable[[], Client]
+) -> None:
+    """What the page puts on the wire: the shapes ../shared/PROTOCOL.md and the apps use."""
+    a = new_page(open_now=False)
+    # Record every frame the page sends (the socket still delivers them itself).
+    a.page.add_init_script(
+        "window.sentFrames = []; const send = WebSocket.prototype.send;"
+        " WebSocket.prototype.send = function (data) {"
+        " window.sentFrames.push(JSON.parse(data)); return send.call(this, data); };"
+    )
+    a.open()
+    b = server_client()
+    b.register("313131", "raw client", "flutter-webrtc/android-plugin 0.0.1")
+    a.wait_peer("313131")
+    a.call("313131", "video")
+    offer = b.expect("offer")["data"]
+    candidate = b.expect("candidate")["data"]
+    a.hangup()
+    bye = b.expect("bye")["data"]
+    sent: list[dict[str, Any]] = a.page.evaluate("window.sentFrames")
+    assert sent[0] == {
+        "type": "new",
+        "data": {
+            "id": a.id,
+            "name": sent[0]["data"]["name"],
+            "user_agent": sent[0]["data"]["user_agent"],
+        },
+    }
+    assert "Chrome" in sent[0]["data"]["user_agent"] and sent[0]["data"]["name"]
+    session = f"{a.id}-313131"
+    assert offer["to"] == "313131" and offer["from"] == a.id and offer["session_id"] == session
+    assert offer["media"] == "video" and offer["description"]["type"] == "offer"
+    assert (
+        "m=video" in offer["description"]["sdp"] and "m=application" in offer["description"]["sdp"]
+    )
+    assert candidate["session_id"] == session and candidate["to"] == "313131"
+    assert set(candidate["candidate"]) == {"sdpMLineIndex", "sdpMid", "candidate"}
+    assert candidate["candidate"]["candidate"].startswith("candidate:")
+    assert bye == {"session_id": session, "to": "313131"}
+    page_bye = [m for m in sent if m["type"] == "bye"]
+    assert page_bye == [{"type": "bye", "data": {"session_id": session, "from": a.id}}]
 
 
 def test_phone_screen(new_page: NewPage) -> None:
