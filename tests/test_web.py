@@ -370,8 +370,12 @@ def test_messages_the_page_sends_follow_the_protocol(
     )
     a.open()
     b = server_client()
-    b.register("313131", "raw client", "flutter-webrtc/android-plugin 0.0.1")
+    hostile = '<img src=x onerror="window.pwned = 1">'
+    b.register("313131", hostile, "flutter-webrtc/android-plugin 0.0.1")
     a.wait_peer("313131")
+    # Names from the network are text, never markup.
+    assert a.peer("313131").locator(".peer-name").inner_text() == hostile
+    assert a.page.evaluate("window.pwned") is None
     a.call("313131", "video")
     offer = b.expect("offer")["data"]
     candidate = b.expect("candidate")["data"]

@@ -87,7 +87,9 @@ export class Call extends EventTarget {
     this.closed = false;
     this.pending = []; // remote candidates that arrived before the remote description
     this.localStream = null;
+    this.remoteStream = null;
     this.channel = null;
+    this.statsTimer = null;
     this.pc = new RTCPeerConnection({
       iceServers,
       iceTransportPolicy: relayOnly ? "relay" : "all",

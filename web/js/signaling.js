@@ -54,6 +54,7 @@ export class Signaling extends EventTarget {
     this.queue = [];
     this.attempt = 0;
     this.timer = null;
+    this.stopped = true; // until connect(); close() sets it again to end reconnecting
   }
 
   connect() {
