@@ -68,7 +68,8 @@ test: lint pytest
 bench: $(STAMP)
 	$(PY) benchmarks/signal_bench.py
 	$(PY) benchmarks/turn_bench.py
-	$(PY) benchmarks/release_bench.py
+	@test -f $(call BINARY,$(HOST_OS)) || $(MAKE) --no-print-directory $(HOST_OS)
+	$(PY) benchmarks/release_bench.py --binary $(call BINARY,$(HOST_OS))
 
 # PyInstaller cannot cross-build: a target for another OS stops here, before any work.
 $(TARGETS):
@@ -101,7 +102,7 @@ zip:
 
 upx:
 	@command -v upx >/dev/null 2>&1 || { \
-	  echo "make upx: upx is not installed (Debian/Ubuntu: apt-get install upx-ucl; macOS: brew install upx; Windows: choco install upx)" >&2; \
+	  echo "make upx: upx is not installed (Debian 13 or Ubuntu: apt-get install upx-ucl; macOS: brew install upx; Windows: choco install upx)" >&2; \
 	  exit 2; }
 	@FLASKRTC_UPX=1 $(MAKE) --no-print-directory $(HOST_OS)
 
