@@ -23,10 +23,8 @@ PYI_WORK   := .pyi-work
 VERSION    := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' flaskrtc/__init__.py)
 ifeq ($(OS),Windows_NT)
 HOST_OS    := windows
-EXE        := .exe
 else
 HOST_OS    := $(shell uname -s | tr '[:upper:]' '[:lower:]')
-EXE        :=
 endif
 HOST_ARCH  := $(subst x86_64,amd64,$(subst aarch64,arm64,$(shell uname -m | tr '[:upper:]' '[:lower:]')))
 TARGETS    := linux darwin windows
