@@ -55,7 +55,8 @@ def smoke(binary: Path) -> None:
         raise AssertionError(f"--version: {shown.returncode} {shown.stdout!r}, want {expected!r}")
     print(f"ok: --version says {expected}")
 
-    with tempfile.TemporaryDirectory(prefix="flaskrtc-smoke-") as tmp:
+    # ignore_cleanup_errors: on Windows a just-killed process may hold its files a moment.
+    with tempfile.TemporaryDirectory(prefix="flaskrtc-smoke-", ignore_cleanup_errors=True) as tmp:
         work = Path(tmp)
         alone = work / binary.name
         shutil.copy2(binary, alone)
