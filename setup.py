@@ -40,6 +40,10 @@ setup(
             "aioice>=0.9,<1",
             # Validates .github/workflows/*.yml against the vendored GitHub schema, offline.
             "check-jsonschema>=0.28,<1",
+            # The web demo's tests: Playwright drives Debian's chromium (no browser download),
+            # and aiortc is a WebRTC peer that is not a browser, like the Flutter apps.
+            "playwright>=1.48,<2",
+            "aiortc>=1.9,<2",
         ],
         "build": ["pyinstaller>=6.3,<7"],
     },

@@ -21,7 +21,7 @@ from flaskrtc import __version__
 from flaskrtc.app import create_app
 from flaskrtc.config import Config
 from flaskrtc.signal.server import SignalingHandler, SignalServer
-from flaskrtc.tls import ensure_certificate, make_ssl_context
+from flaskrtc.tls import HandshakeGuard, ensure_certificate, make_ssl_context
 from flaskrtc.turn.auth import Credentials, Nonces
 from flaskrtc.turn.core import Limits, TurnCore
 from flaskrtc.turn.policy import PeerPolicy
@@ -145,6 +145,10 @@ def build_turn(config: Config, ssl_context: ssl.SSLContext | None) -> TurnServer
     return server
 
 
+class _WSGIServer(HandshakeGuard, WSGIServer):  # type: ignore[misc]
+    """gevent's WSGI server with guarded TLS handshakes."""
+
+
 def build_server(
     config: Config, ssl_context: ssl.SSLContext | None
 ) -> tuple[WSGIServer, SignalServer]:
@@ -164,7 +168,7 @@ def build_server(
     except OSError as err:
         listener.close()
         raise StartupError(f"cannot listen on {general.bind}:{general.port}: {err}") from err
-    server = WSGIServer(
+    server = _WSGIServer(
         listener,
         app,
         handler_class=SignalingHandler,

@@ -5,9 +5,12 @@ from __future__ import annotations
 import datetime
 import errno
 import ipaddress
+import logging
 import ssl
 from collections.abc import Iterable
+from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -152,3 +155,45 @@ def make_ssl_context(
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(certfile=str(cert_path), keyfile=str(key_path))
     return context
+
+
+_handshake_log = logging.getLogger("flaskrtc.tls")
+
+
+class HandshakeGuard:
+    """Mixin for a gevent ``StreamServer`` with TLS: a failed or stalled handshake is closed.
+
+    gevent's own ``wrap_socket_and_handle`` lets a handshake error escape as a greenlet
+    traceback (every browser that has not yet accepted a self-signed certificate causes
+    one) and waits forever on a client that connects and says nothing. Here the handshake
+    gets ``handshake_timeout`` seconds and a failure costs one log line.
+    """
+
+    handshake_timeout: float = 10.0
+    wrap_socket: Any
+    ssl_args: Any
+    handle: Any
+
+    def wrap_socket_and_handle(self, client_socket: Any, address: Any) -> Any:
+        """Handshake with a deadline, then hand the TLS socket to ``handle``."""
+        client_socket.settimeout(self.handshake_timeout)
+        try:
+            tls_socket = self.wrap_socket(client_socket, **self.ssl_args)
+        except OSError as err:  # ssl.SSLError and socket timeouts are OSErrors
+            _handshake_log.info("%s: TLS handshake failed: %s", address[0], _why(err))
+            client_socket.close()
+            return None
+        tls_socket.settimeout(None)  # from here on the handler keeps its own timeouts
+        with closing(tls_socket):
+            return self.handle(tls_socket, address)
+
+
+def _why(err: OSError) -> str:
+    """A short reason, with a hint for the common case of an untrusted certificate."""
+    if isinstance(err, ssl.SSLError) and any(
+        alert in str(err) for alert in ("CERTIFICATE_UNKNOWN", "UNKNOWN_CA", "BAD_CERTIFICATE")
+    ):
+        return "the client does not trust the certificate (self-signed?)"
+    if isinstance(err, TimeoutError):
+        return "no handshake in time"
+    return str(err) or type(err).__name__

@@ -165,9 +165,9 @@ def test_static_index_and_mime_types(server: ServerProcess) -> None:
     assert status == 200 and headers["Content-Type"].startswith("text/html")
     assert body == (REPO / "web" / "index.html").read_bytes()
     for path, mime in (
-        ("/app.js", "text/javascript"),
+        ("/js/app.js", "text/javascript"),
         ("/style.css", "text/css"),
-        ("/assets/info.json", "application/json"),
+        ("/favicon.svg", "image/svg+xml"),
     ):
         status, headers, _ = fetch(server, path)
         assert status == 200 and headers["Content-Type"].startswith(mime), (path, headers)

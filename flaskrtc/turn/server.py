@@ -27,6 +27,7 @@ import gevent.lock
 import gevent.socket
 from gevent.server import DatagramServer, StreamServer
 
+from flaskrtc.tls import HandshakeGuard
 from flaskrtc.turn.allocation import Address, Allocation, FiveTuple
 from flaskrtc.turn.core import ToClient, ToPeer, TurnCore
 from flaskrtc.turn.stun import StunError, next_frame_length
@@ -259,7 +260,7 @@ class TurnServer:
         self.udp_address = (bind, actual)
         self.tcp_address = (bind, actual)
         if tls_port and ssl_context is not None:
-            tls = StreamServer(
+            tls = _TlsServer(
                 _tcp_socket(bind, tls_port if tls_port > 0 else 0),
                 self._stream_handler("tls"),
                 ssl_context=ssl_context,
@@ -407,3 +408,7 @@ def public_addresses(public_ip: str, bind: str) -> tuple[str, str | None]:
     else:
         v4 = guess_public_ipv4()
     return v4, v6
+
+
+class _TlsServer(HandshakeGuard, StreamServer):  # type: ignore[misc]
+    """TURN over TLS (RFC 8656 §3.1): a stream listener whose handshakes have a deadline."""

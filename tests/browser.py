@@ -1,0 +1,143 @@
+"""Driving the web demo in Debian's headless Chromium with Playwright (no browser download).
+
+The flags keep Chromium off the network (this machine has none beyond loopback) and give it a
+fake camera and microphone that need no permission prompt.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM_FLAGS = [
+    "--no-sandbox",  # the tests run as root in CI
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+]
+
+
+def chromium_path() -> str:
+    """Debian's chromium, or skip (fail under FLASKRTC_REQUIRE_INTEROP, as in CI)."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        reason = "chromium not installed (Debian package 'chromium')"
+        if os.environ.get("FLASKRTC_REQUIRE_INTEROP"):
+            pytest.fail(reason + "; FLASKRTC_REQUIRE_INTEROP is set")
+        pytest.skip(reason)
+    return path
+
+
+class WebPage:
+    """One tab of the demo, with the steps a user takes and what a user sees."""
+
+    def __init__(self, page: Any, base: str, shots: Path) -> None:
+        self.page = page
+        self.base = base
+        self.shots = shots
+        self.errors: list[str] = []
+        page.on("pageerror", lambda err: self.errors.append(str(err)))
+        self.id = ""
+
+    def open(self) -> WebPage:
+        """Load the page and wait until it is registered; remember its id."""
+        self.page.goto(self.base + "/")
+        self.page.locator('#conn[data-state="open"]').wait_for()
+        self.id = self.page.locator("#self-id").inner_text()
+        self.wait_peer(self.id)
+        return self
+
+    def peer(self, peer_id: str) -> Any:
+        return self.page.locator(f'#peers li[data-peer-id="{peer_id}"]')
+
+    def wait_peer(self, peer_id: str, present: bool = True, timeout: float = 10) -> None:
+        self.peer(peer_id).wait_for(
+            state="attached" if present else "detached", timeout=timeout * 1000
+        )
+
+    def peer_ids(self) -> list[str]:
+        return [
+            str(x)
+            for x in self.page.locator("#peers li").evaluate_all(
+                "l => l.map(e => e.dataset.peerId)"
+            )
+        ]
+
+    def call(self, peer_id: str, media: str = "video", relay_only: bool = False) -> None:
+        self.page.locator("#relay-only").set_checked(relay_only)
+        self.peer(peer_id).locator(f".call-{media}").click()
+
+    def wait_incoming(self) -> str:
+        self.page.locator("#incoming[open]").wait_for()
+        return str(self.page.locator("#incoming-text").inner_text())
+
+    def accept(self) -> None:
+        self.wait_incoming()
+        self.page.locator("#accept").click()
+
+    def reject(self) -> None:
+        self.wait_incoming()
+        self.page.locator("#reject").click()
+
+    def wait_state(self, state: str, timeout: float = 20) -> None:
+        self.page.locator(f'#call-status[data-state="{state}"]').wait_for(timeout=timeout * 1000)
+
+    def call_text(self) -> str:
+        return str(self.page.locator("#call-text").inner_text())
+
+    def pair(self, timeout: float = 10) -> tuple[str, str]:
+        """The selected candidate pair's (local, remote) types, once the page shows them."""
+        pair = self.page.locator("#pair")
+        self.page.locator('#pair:not([data-local=""])').wait_for(timeout=timeout * 1000)
+        return str(pair.get_attribute("data-local")), str(pair.get_attribute("data-remote"))
+
+    def wait_video_playing(self, timeout: float = 15) -> tuple[int, int]:
+        """Wait until the remote video has a size and its clock has moved on; return the size."""
+        self.page.wait_for_function(
+            """() => { const v = document.getElementById('remote-video');
+                       return v.videoWidth > 0 && v.currentTime > 0.5 && !v.paused; }""",
+            timeout=timeout * 1000,
+        )
+        before = self.page.evaluate("() => document.getElementById('remote-video').currentTime")
+        self.page.wait_for_function(
+            f"() => document.getElementById('remote-video').currentTime > {before}",
+            timeout=timeout * 1000,
+        )
+        size = self.page.evaluate(
+            "() => { const v = document.getElementById('remote-video');"
+            " return [v.videoWidth, v.videoHeight]; }"
+        )
+        return int(size[0]), int(size[1])
+
+    def chat(self, text: str) -> None:
+        self.page.locator("#chat-input:enabled").wait_for()
+        self.page.locator("#chat-input").fill(text)
+        self.page.locator("#chat-send").click()
+
+    def wait_chat(self, text: str, side: str = "theirs", timeout: float = 10) -> None:
+        line = self.page.locator(f"#chat-log li.{side} .text", has_text=text)
+        line.first.wait_for(timeout=timeout * 1000)
+
+    def wait_message(self, text: str, timeout: float = 10) -> None:
+        """Wait for a notice to the user containing ``text``."""
+        self.page.locator("#messages .message", has_text=text).first.wait_for(
+            timeout=timeout * 1000
+        )
+
+    def hangup(self) -> None:
+        self.page.locator("#hangup").click()
+
+    def screenshot(self, name: str) -> Path:
+        path = self.shots / f"{name}.png"
+        self.page.screenshot(path=str(path))
+        return path
