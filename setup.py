@@ -38,6 +38,8 @@ setup(
             "mypy>=1.10,<3",
             # A TURN client nobody here wrote, for interop tests.
             "aioice>=0.9,<1",
+            # Validates .github/workflows/*.yml against the vendored GitHub schema, offline.
+            "check-jsonschema>=0.28,<1",
             # The web demo's tests: Playwright drives Debian's chromium (no browser download),
             # and aiortc is a WebRTC peer that is not a browser, like the Flutter apps.
             "playwright>=1.48,<2",

@@ -13,6 +13,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException, NotFound
 
 from flaskrtc.config import Config
+from flaskrtc.resources import resolve_html_root
 from flaskrtc.signal.server import TRANSPORT_KEY, SignalServer
 from flaskrtc.turn.credentials import CredentialError, make_credential
 
@@ -69,7 +70,9 @@ def create_app(
     clock: Callable[[], float] = time.time,
 ) -> Flask:
     """Build the Flask app for ``config``; ``signal`` serves the WebSocket connections."""
-    html_root = Path(config.general.html_root).resolve()
+    html_root = resolve_html_root(config.general.html_root)
+    if html_root != Path(config.general.html_root).resolve():
+        log.info("web demo: the copy built into this binary (no ./web here)")
     app = Flask("flaskrtc", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
 

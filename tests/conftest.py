@@ -59,9 +59,14 @@ class ServerProcess:
             )
         )
         env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+        self.cert = workdir / "certs" / "cert.pem"
+        self._launch([sys.executable, "-m", "flaskrtc", "--config", str(self.config)], env)
+
+    def _launch(self, argv: list[str], env: dict[str, str], timeout: float = 20) -> None:
+        """Start ``argv`` in ``self.workdir`` and wait for its listening lines."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flaskrtc", "--config", str(self.config)],
-            cwd=workdir,
+            argv,
+            cwd=self.workdir,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -71,11 +76,11 @@ class ServerProcess:
         self.lines: list[str] = []
         self._cond = threading.Condition()
         threading.Thread(target=self._pump, daemon=True).start()
-        match = self.wait_for_log(LISTEN_RE, timeout=20)
+        match = self.wait_for_log(LISTEN_RE, timeout=timeout)
         self.scheme = match.group(1)
         self.port = int(match.group(3))
         self.base = f"{self.scheme}://127.0.0.1:{self.port}"
-        self.ws_url = f"{'wss' if tls else 'ws'}://127.0.0.1:{self.port}/ws"
+        self.ws_url = f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}/ws"
         turn = self.wait_for_log(TURN_RE)
         self.turn_port = int(turn.group(1))
         self.turn_tls_port = int(turn.group(2)) if turn.group(2) else 0
@@ -110,11 +115,11 @@ class ServerProcess:
 
     def ssl_context(self) -> ssl.SSLContext:
         """A client context that trusts the server's generated certificate."""
-        ctx = ssl.create_default_context(cafile=str(self.workdir / "certs" / "cert.pem"))
+        ctx = ssl.create_default_context(cafile=str(self.cert))
         return ctx
 
     def sslopt(self) -> dict[str, Any]:
-        return {"ca_certs": str(self.workdir / "certs" / "cert.pem")} if self.tls else {}
+        return {"ca_certs": str(self.cert)} if self.tls else {}
 
     def connect(self, **kwargs: Any) -> Client:
         ws = websocket.create_connection(self.ws_url, timeout=10, sslopt=self.sslopt(), **kwargs)
