@@ -1,4 +1,4 @@
-"""Pack the release zip: bin/, the example config, web/, README.md and LICENSE.
+"""Pack the release zip: bin/, the example config, web/, docs/, README.md and LICENSE.
 
 ``python build/release_zip.py flaskrtc-bin-<version>.zip`` (``make release`` / ``make zip``).
 Files are picked by name, never by folder, so a generated TLS key, certificate or TURN secret
@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # configs/ ships its example only: certs/ and turn_secret are generated per machine.
 CONFIG_FILES = ("configs/config.ini",)
 TOP_FILES = ("README.md", "LICENSE")
+# Folders shipped whole: the web demo, and the docs the README links to (protocol, screenshots).
+FOLDERS = ("web", "docs")
 SECRET_NAMES = ("turn_secret",)
 SECRET_SUFFIXES = (".pem", ".key", ".crt", ".p12", ".pfx")
 
@@ -44,7 +46,7 @@ def release_files(root: Path) -> list[tuple[Path, str]]:
         raise ReleaseError(f"missing from {root}: {', '.join(missing) or 'web/index.html'}")
     files = [(path, f"bin/{path.name}") for path in binaries]
     files += [(root / name, name) for name in (*CONFIG_FILES, *TOP_FILES)]
-    for path in sorted((root / "web").rglob("*")):
+    for path in sorted(p for folder in FOLDERS for p in (root / folder).rglob("*")):
         relative = path.relative_to(root).as_posix()
         if path.is_file() and not any(part.startswith(".") for part in path.parts):
             files.append((path, relative))

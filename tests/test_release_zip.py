@@ -34,6 +34,7 @@ def tree(tmp_path: Path) -> Path:
     for name in ("README.md", "LICENSE"):
         shutil.copy(REPO / name, root / name)
     shutil.copytree(REPO / "web", root / "web")
+    shutil.copytree(REPO / "docs", root / "docs")
     (root / "configs" / "certs").mkdir(parents=True)
     shutil.copy(REPO / "configs" / "config.ini", root / "configs" / "config.ini")
     # What a first start leaves beside the config: none of it may ship.
@@ -47,7 +48,7 @@ def tree(tmp_path: Path) -> Path:
     return root
 
 
-def test_zip_holds_binaries_example_config_web_readme_license(tree: Path) -> None:
+def test_zip_holds_binaries_example_config_web_docs_readme_license(tree: Path) -> None:
     out = tree / "flaskrtc-bin-9.9.9.zip"
     release_zip.write_zip(tree, out)
     with zipfile.ZipFile(out) as archive:
@@ -60,7 +61,13 @@ def test_zip_holds_binaries_example_config_web_readme_license(tree: Path) -> Non
     top = "flaskrtc-bin-9.9.9/"
     assert all(name.startswith(top) for name in names)
     inside = {name[len(top) :] for name in names}
-    web = {p.relative_to(REPO).as_posix() for p in (REPO / "web").rglob("*") if p.is_file()}
+    # docs/ too: the README links to docs/protocol.md and shows docs/screenshots/.
+    web = {
+        p.relative_to(REPO).as_posix()
+        for folder in ("web", "docs")
+        for p in (REPO / folder).rglob("*")
+        if p.is_file()
+    }
     assert inside == {
         "bin/flaskrtc-linux-amd64",
         "bin/flaskrtc-windows-amd64.exe",
