@@ -6,12 +6,10 @@ fake camera and microphone that need no permission prompt.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.conftest import require_tool
 
 CHROMIUM_FLAGS = [
     "--no-sandbox",  # the tests run as root in CI
@@ -28,14 +26,8 @@ CHROMIUM_FLAGS = [
 
 
 def chromium_path() -> str:
-    """Debian's chromium, or skip (fail under FLASKRTC_REQUIRE_INTEROP, as in CI)."""
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        reason = "chromium not installed (Debian package 'chromium')"
-        if os.environ.get("FLASKRTC_REQUIRE_INTEROP"):
-            pytest.fail(reason + "; FLASKRTC_REQUIRE_INTEROP is set")
-        pytest.skip(reason)
-    return path
+    """Debian's chromium (skip without it; fail in CI)."""
+    return require_tool("chromium", "chromium-browser", package="chromium")
 
 
 class WebPage:

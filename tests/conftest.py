@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -22,6 +23,26 @@ import websocket
 REPO = Path(__file__).resolve().parent.parent
 LISTEN_RE = re.compile(r"listening on (https?)://([^ ]+):(\d+)")
 TURN_RE = re.compile(r"turn: listening on udp and tcp [^ ]+:(\d+)(?:, tls [^ ]+:(\d+))?")
+
+
+def require_tool(*names: str, package: str) -> str:
+    """The first of ``names`` on PATH; else skip, or fail under FLASKRTC_REQUIRE_INTEROP=1
+    (set by .ci/run), where every interop and browser test must run."""
+    for name in names:
+        path = shutil.which(name)
+        if path is not None:
+            return path
+    reason = f"{names[0]} not installed (Debian package '{package}')"
+    if os.environ.get("FLASKRTC_REQUIRE_INTEROP"):
+        pytest.fail(reason + "; FLASKRTC_REQUIRE_INTEROP is set")
+    pytest.skip(reason)
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port free on 127.0.0.1 now (for settings where 0 means "off", not "any")."""
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class ServerProcess:
@@ -203,3 +224,18 @@ def fresh_server(tmp_path: Path) -> Iterator[ServerProcess]:
     proc = ServerProcess(tmp_path)
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="module")
+def udp_peer() -> Iterator[int]:
+    """turnutils_peer: a UDP echo peer on loopback."""
+    peer = require_tool("turnutils_peer", package="coturn")
+    port = free_port(socket.SOCK_DGRAM)
+    proc = subprocess.Popen(
+        [peer, "-L", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    yield port
+    proc.terminate()
+    proc.wait(10)

@@ -11,14 +11,13 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.conftest import require_tool
 
 # Prefs for a test profile: fake camera and microphone with no prompt, no mDNS hiding of
 # host candidates, loopback allowed for ICE (the test's TURN server is on 127.0.0.1, and
@@ -46,14 +45,8 @@ PREFS: dict[str, Any] = {
 
 
 def firefox_path() -> str:
-    """Debian's firefox-esr, or skip (fail under FLASKRTC_REQUIRE_INTEROP, as in CI)."""
-    path = shutil.which("firefox-esr") or shutil.which("firefox")
-    if path is None:
-        reason = "firefox not installed (Debian package 'firefox-esr')"
-        if os.environ.get("FLASKRTC_REQUIRE_INTEROP"):
-            pytest.fail(reason + "; FLASKRTC_REQUIRE_INTEROP is set")
-        pytest.skip(reason)
-    return path
+    """Debian's firefox-esr (skip without it; fail in CI)."""
+    return require_tool("firefox-esr", "firefox", package="firefox-esr")
 
 
 class MarionetteError(AssertionError):

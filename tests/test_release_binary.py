@@ -22,8 +22,8 @@ import pytest
 
 from flaskrtc import __version__
 from flaskrtc.turn.stun import Attr, Class, Message, Method, parse, serialize
-from tests.conftest import REPO, ServerProcess
-from tests.test_turn_wire import RawTurn, free_port
+from tests.conftest import REPO, ServerProcess, free_port
+from tests.test_turn_wire import RawTurn, assert_no_loss, uclient
 from tests.test_ws import new_id
 
 pytestmark = pytest.mark.slow
@@ -179,6 +179,18 @@ def test_turn_allocation_relays_both_ways(running: BinaryProcess) -> None:
     finally:
         client.close()
         peer.close()
+
+
+@pytest.mark.parametrize("flags", [["-t"], ["-t", "-S"]], ids=["tcp", "tls"])
+def test_turn_over_tcp_and_tls_with_coturn_client(
+    running: BinaryProcess, udp_peer: int, flags: list[str]
+) -> None:
+    """coturn's client relays through the binary over TURN/TCP and TURN/TLS without loss."""
+    secret = (running.workdir / "configs" / "turn_secret").read_text().strip()
+    port = running.turn_tls_port if "-S" in flags else running.turn_port
+    assert port, "the binary should listen for TURN over TLS"
+    peer = ["-e", "127.0.0.1", "-r", str(udp_peer)]
+    assert_no_loss(uclient(running, *flags, *peer, port=port, secret=secret))
 
 
 def test_sigterm_exits_cleanly(running: BinaryProcess) -> None:

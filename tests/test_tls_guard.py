@@ -16,8 +16,7 @@ import pytest
 from gevent.server import StreamServer
 
 from flaskrtc.tls import HandshakeGuard, ensure_certificate, make_ssl_context
-from tests.conftest import ServerProcess
-from tests.test_turn_wire import free_port
+from tests.conftest import ServerProcess, free_port
 
 
 def untrusting_client(port: int) -> None:

@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -23,23 +22,7 @@ from typing import Any
 import pytest
 
 from flaskrtc.turn.stun import Attr, Class, Message, Method, long_term_key, parse, serialize
-from tests.conftest import ServerProcess
-
-
-def require_tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        reason = f"{name} not installed (Debian package 'coturn')"
-        if os.environ.get("FLASKRTC_REQUIRE_INTEROP"):
-            pytest.fail(reason + "; FLASKRTC_REQUIRE_INTEROP is set")
-        pytest.skip(reason)
-    return path
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.conftest import ServerProcess, free_port, require_tool
 
 
 class TurnProcess(ServerProcess):
@@ -72,28 +55,15 @@ def turn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TurnProcess]:
     proc.stop()
 
 
-@pytest.fixture(scope="module")
-def udp_peer() -> Iterator[int]:
-    """turnutils_peer: a UDP echo peer on loopback."""
-    peer = require_tool("turnutils_peer")
-    port = free_port(socket.SOCK_DGRAM)
-    proc = subprocess.Popen(
-        [peer, "-L", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    yield port
-    proc.terminate()
-    proc.wait(10)
-
-
-def uclient(server: TurnProcess, *args: str, port: int | None = None) -> str:
+def uclient(
+    server: ServerProcess, *args: str, port: int | None = None, secret: str = "test-secret"
+) -> str:
     """Run turnutils_uclient with REST credentials from the server's secret."""
-    tool = require_tool("turnutils_uclient")
+    tool = require_tool("turnutils_uclient", package="coturn")
     cmd = [
         tool,
         "-W",
-        "test-secret",
+        secret,
         "-p",
         str(port or server.turn_port),
         "-n",
@@ -291,7 +261,7 @@ def test_loopback_peers_denied_by_default(tmp_path: Path) -> None:
 
 
 def test_coturn_accepts_api_turn_credentials(turn: TurnProcess, tmp_path: Path) -> None:
-    turnserver = require_tool("turnserver")
+    turnserver = require_tool("turnserver", package="coturn")
     port = free_port(socket.SOCK_DGRAM)
     proc = subprocess.Popen(
         [

@@ -501,17 +501,25 @@ def test_slow_consumer_is_dropped_and_others_are_told(fresh_server: ServerProces
     sender.expect_peers(["sender", "sink"])
     # The sink never reads: 60 messages of ~900 KB is well over the 32 MiB the server will queue.
     blob = "z" * 900_000
+    # The server unmasks each 900 KB frame before the next is read; on a loaded machine one
+    # send can take longer than the client's usual 10 s, which must not end the loop early.
+    sender.ws.settimeout(60)
     sent = 0
+    stopped: Exception | None = None
     for _ in range(60):
         try:
             sender.send("candidate", {"to": "sink", "candidate": {"blob": blob}})
-        except (BrokenPipeError, websocket.WebSocketException):
+        except (BrokenPipeError, websocket.WebSocketException) as err:
+            stopped = err
             break
         sent += 1
         if "dropping slow connection" in "\n".join(fresh_server.lines[-5:]):
             break
     assert sender.expect("leave", timeout=30) == {"type": "leave", "data": "sink"}
-    fresh_server.wait_for_log(r"ws#\d+ .*peer sink: \d+ bytes unsent, dropping slow connection")
+    try:
+        fresh_server.wait_for_log(r"ws#\d+ .*peer sink: \d+ bytes unsent, dropping slow connection")
+    except AssertionError as err:
+        raise AssertionError(f"not dropped as slow after {sent} sends, stop: {stopped!r}") from err
     # The server is fine, and the sender's connection too (candidates sent after the drop
     # are answered with errors: the sink is gone).
     sender.send("keepalive", {"after": sent})
