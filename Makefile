@@ -13,6 +13,7 @@ else
 PY     := $(VENV)/bin/python
 endif
 STAMP  := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 ARGS   ?=
 
 # --- release builds --------------------------------------------------------------------------
@@ -47,9 +48,14 @@ $(STAMP): setup.py pyproject.toml | $(PY)
 	$(PY) -m pip install -e '.[test,build]'
 	touch $(STAMP)
 
+# `make run` needs flaskrtc alone, not the test tools and browsers' drivers.
+$(RUN_STAMP): setup.py pyproject.toml | $(PY)
+	$(PY) -m pip install -e .
+	touch $(RUN_STAMP)
+
 venv: $(STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(PY) -m flaskrtc $(ARGS)
 
 lint: $(STAMP)
