@@ -105,17 +105,21 @@ class AiortcPeer:
             urls=[body["uris"][0]], username=body["username"], credential=body["password"]
         )
 
-    def call(self, to: str, media: str = "video") -> None:
-        """Call ``to`` as the Flutter demo does: tracks, data channel, offer with ``media``."""
-        asyncio.run_coroutine_threadsafe(self._offer(to, media), self.loop).result(20)
+    def call(self, to: str, media: str = "video", channel: bool = True) -> None:
+        """Call ``to`` as the Flutter demo does: tracks, data channel, offer with ``media``.
 
-    async def _offer(self, to: str, media: str) -> None:
+        The Flutter demo itself opens the channel in data calls only: ``channel=False``.
+        """
+        future = asyncio.run_coroutine_threadsafe(self._offer(to, media, channel), self.loop)
+        future.result(20)
+
+    async def _offer(self, to: str, media: str, channel: bool) -> None:
         pc = await self._new_call(f"{self.id}-{to}", media)
         if media == "video":
             pc.addTrack(AudioStreamTrack())
             pc.addTrack(VideoStreamTrack())
-        channel = pc.createDataChannel("fileTransfer")
-        self._echo(channel)
+        if channel:
+            self._echo(pc.createDataChannel("fileTransfer"))
         await pc.setLocalDescription(await pc.createOffer())
         local = pc.localDescription
         self.send(

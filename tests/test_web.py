@@ -552,6 +552,26 @@ def test_page_helpers(new_page: NewPage) -> None:
     assert "in use" in got["mediaErrors"][2]
 
 
+def test_flutter_style_video_call_without_data_channel(
+    new_page: NewPage, web_server: ServerProcess
+) -> None:
+    """The Flutter demo's video calls carry no data channel: media flows, the page says no chat."""
+    peer = AiortcPeer(web_server, "535353", "flutter-like")
+    try:
+        a = new_page()
+        a.wait_peer(peer.id)
+        peer.call(a.id, "video", channel=False)
+        a.accept()
+        a.wait_state("connected")
+        a.wait_video_playing()
+        chat = a.page.locator("#chat-input")
+        assert chat.is_disabled() and "no data channel" in str(chat.get_attribute("placeholder"))
+        a.hangup()
+        peer.wait(lambda: peer.session_id in peer.byes, "the bye")
+    finally:
+        peer.close()
+
+
 @pytest.fixture(scope="module")
 def firefox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Firefox]:
     browser = Firefox(tmp_path_factory.mktemp("firefox-profile"))

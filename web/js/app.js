@@ -261,7 +261,10 @@ $("incoming").addEventListener("close", () => {
 
 async function startCall(entry) {
   renderCall();
-  clearChat();
+  // The Flutter demo opens a data channel only in data calls: its video offers have no
+  // m=application section, and then this call can have no chat.
+  const chat = entry.direction === "out" || /^m=application /m.test(entry.description.sdp || "");
+  clearChat(chat ? "Message" : "No chat in this call: the other app opened no data channel");
   const servers = await iceServers();
   if (current !== entry) return; // ended while we waited
   const call = new Call({
@@ -436,8 +439,9 @@ function setPressed(id, pressed, offText, onText) {
 
 /* ---------- chat ---------- */
 
-function clearChat() {
+function clearChat(placeholder) {
   $("chat-log").replaceChildren();
+  $("chat-input").placeholder = placeholder;
 }
 
 function addChat(who, text, side) {
