@@ -868,6 +868,19 @@ def test_next_frame_length() -> None:
     assert stun.next_frame_length(b"\x16\x03\x01\x00") == 20 + 0x0100
 
 
+def test_stream_starts_with_stun() -> None:
+    assert stun.stream_starts_with_stun(SAMPLE_REQUEST) is True
+    assert stun.stream_starts_with_stun(bytearray(SAMPLE_REQUEST[:8])) is True
+    assert stun.stream_starts_with_stun(SAMPLE_REQUEST[:7]) is None  # cookie not in yet
+    for garbage in (
+        b"GET / HTTP/1.1\r\n",  # 'G' would frame as ChannelData 0x4745
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc",  # a TLS ClientHello on the plain port
+        stun.encode_channel_data(0x4000, b"data", pad=True),  # ChannelData before any Allocate
+        SAMPLE_REQUEST[:4] + b"\x00\x00\x00\x00" + SAMPLE_REQUEST[8:],  # wrong cookie
+    ):
+        assert stun.stream_starts_with_stun(garbage) is False, garbage
+
+
 def test_stream_of_mixed_frames_splits_back() -> None:
     frames = [
         SAMPLE_REQUEST,

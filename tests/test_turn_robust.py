@@ -180,6 +180,21 @@ def test_garbage_tcp_streams_are_closed_and_tcp_keeps_working(turn: TurnProcess)
     assert not [line for line in turn.lines if "Traceback" in line or "ERROR" in line]
 
 
+@pytest.mark.parametrize(
+    "opening",
+    [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"],
+    ids=["http", "tls-client-hello"],
+)
+def test_stream_that_does_not_open_with_stun_is_closed_at_once(
+    turn: TurnProcess, opening: bytes
+) -> None:
+    """Not the 60 s idle timeout: the first 8 bytes show it is not TURN."""
+    with socket.create_connection(("127.0.0.1", turn.turn_port), timeout=5) as sock:
+        sock.sendall(opening)
+        # Closed by the server with nothing to say; before the fix this recv timed out.
+        assert sock.recv(1) == b""
+
+
 class TcpTurn(RawTurn):
     """RawTurn over a TCP connection (responses framed with next_frame_length)."""
 

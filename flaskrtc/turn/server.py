@@ -30,7 +30,7 @@ from gevent.server import DatagramServer, StreamServer
 from flaskrtc.tls import HandshakeGuard
 from flaskrtc.turn.allocation import Address, Allocation, FiveTuple
 from flaskrtc.turn.core import ToClient, ToPeer, TurnCore
-from flaskrtc.turn.stun import StunError, next_frame_length
+from flaskrtc.turn.stun import StunError, next_frame_length, stream_starts_with_stun
 
 log = logging.getLogger("flaskrtc.turn")
 
@@ -302,6 +302,7 @@ class TurnServer:
         five_tuple = FiveTuple(transport, client, server)
         link = ClientLink(five_tuple, sock, stream=True)
         buf = bytearray()
+        opened = False  # set once the stream has shown it starts with STUN
         try:
             while True:
                 with gevent.Timeout(STREAM_IDLE_TIMEOUT, False):
@@ -309,6 +310,13 @@ class TurnServer:
                     if not chunk:
                         return
                     buf += chunk
+                    if not opened:
+                        starts = stream_starts_with_stun(buf)
+                        if starts is None:
+                            continue  # fewer than 8 bytes so far
+                        if not starts:
+                            return  # not TURN: hang up now, not at the idle timeout
+                        opened = True
                     while True:
                         try:
                             size = next_frame_length(buf)

@@ -775,6 +775,19 @@ def decode_channel_data(data: bytes) -> tuple[int, bytes]:
     return channel, data[4 : 4 + size]
 
 
+def stream_starts_with_stun(buf: bytes | bytearray) -> bool | None:
+    """Whether a TCP/TLS stream opens with a STUN message; None until 8 bytes are in.
+
+    A client must Allocate (STUN) before it can have a channel, so a stream that opens with
+    anything else (an HTTP request, a TLS ClientHello on the plain port) is not TURN. STUN
+    is told by its top two bits and the magic cookie (RFC 8489 §5), which ChannelData's
+    first-byte test alone would miss: "GET " parses as a channel number and a length.
+    """
+    if len(buf) < 8:
+        return None
+    return buf[0] & 0xC0 == 0 and buf[4:8] == _COOKIE_BYTES
+
+
 def next_frame_length(buf: bytes | bytearray) -> int | None:
     """Bytes taken by the frame at the start of a TCP/TLS stream buffer, None if unknown yet.
 
