@@ -357,6 +357,23 @@ def test_points_at_another_flaskrtc(new_page: NewPage, tmp_path: Path) -> None:
         assert other.stop() == 0
 
 
+def test_plain_http_page_uses_ws(browser: Any, tmp_path: Path) -> None:
+    """Served over plain HTTP (tls = false), the page connects with ws:// to the same host."""
+    plain = ServerProcess(tmp_path, tls=False)
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        urls: list[str] = []
+        page.on("websocket", lambda ws: urls.append(ws.url))
+        page.goto(plain.base + "/")
+        page.locator('#conn[data-state="open"]').wait_for()
+        assert urls == [f"ws://127.0.0.1:{plain.port}/ws"]
+        plain.wait_for_log(r"peer \d{6}: registered")
+    finally:
+        context.close()
+        assert plain.stop() == 0
+
+
 def test_messages_the_page_sends_follow_the_protocol(
     new_page: NewPage, server_client: Callable[[], Client]
 ) -> None:
