@@ -74,6 +74,20 @@ def server_client(web_server: ServerProcess) -> Iterator[Callable[[], Client]]:
         client.close()
 
 
+@pytest.fixture
+def aiortc_peer(web_server: ServerProcess) -> Iterator[Callable[[str, str], AiortcPeer]]:
+    """aiortc peers on the test server (a Flutter app's stand-in), closed after the test."""
+    peers: list[AiortcPeer] = []
+
+    def make(peer_id: str, name: str) -> AiortcPeer:
+        peers.append(AiortcPeer(web_server, peer_id, name))
+        return peers[-1]
+
+    yield make
+    for peer in peers:
+        peer.close()
+
+
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = os.environ.get("FLASKRTC_SCREENSHOTS")
@@ -441,51 +455,48 @@ def test_phone_screen(new_page: NewPage) -> None:
 
 
 def test_browser_calls_a_python_aiortc_peer_over_turn(
-    new_page: NewPage, web_server: ServerProcess
+    new_page: NewPage, aiortc_peer: Callable[[str, str], AiortcPeer]
 ) -> None:
     """The path a Flutter app takes: a non-browser peer answers the page's call via TURN."""
-    peer = AiortcPeer(web_server, "424242", "aiortc")
-    try:
-        a = new_page()
-        a.wait_peer(peer.id)
-        assert "Flutter" in a.peer(peer.id).inner_text()
-        a.call(peer.id, "video", relay_only=True)
-        a.wait_state("connected")
-        assert a.pair()[0] == "relay"
-        a.wait_video_playing()  # aiortc's generated video arrives in the page
-        peer.wait(lambda: peer.frames["video"] > 10, "video frames from the page")
-        a.chat("hello python")
-        a.wait_chat("echo: hello python")
-        assert peer.chat == ["hello python"]
-        assert peer.session_id == f"{a.id}-{peer.id}" and peer.media == "video"
-        a.hangup()
-        peer.wait(lambda: peer.session_id in peer.byes, "the bye")
-        a.wait_state("idle")
-    finally:
-        peer.close()
+    peer = aiortc_peer("424242", "aiortc")
+    a = new_page()
+    a.wait_peer(peer.id)
+    assert "Flutter" in a.peer(peer.id).inner_text()
+    a.call(peer.id, "video", relay_only=True)
+    a.wait_state("connected")
+    assert a.pair()[0] == "relay"
+    peer.wait(lambda: peer.state == "connected", "aiortc's side of the connection")
+    a.wait_video_playing()  # aiortc's generated video arrives in the page
+    peer.wait(lambda: peer.frames["video"] > 10, "video frames from the page")
+    a.chat("hello python")
+    a.wait_chat("echo: hello python")
+    assert peer.chat == ["hello python"]
+    assert peer.session_id == f"{a.id}-{peer.id}" and peer.media == "video"
+    a.hangup()
+    peer.wait(lambda: peer.session_id in peer.byes, "the bye")
+    a.wait_state("idle")
 
 
-def test_python_aiortc_peer_calls_the_browser(new_page: NewPage, web_server: ServerProcess) -> None:
+def test_python_aiortc_peer_calls_the_browser(
+    new_page: NewPage, aiortc_peer: Callable[[str, str], AiortcPeer]
+) -> None:
     """A Flutter-style caller (candidates inside its SDP, no trickle) reaching the page."""
-    peer = AiortcPeer(web_server, "525252", "aiortc caller")
-    try:
-        a = new_page()
-        a.page.locator("#relay-only").set_checked(True)
-        a.wait_peer(peer.id)
-        peer.call(a.id, "video")
-        assert "aiortc caller" in a.wait_incoming()
-        a.accept()
-        a.wait_state("connected")
-        assert a.pair()[0] == "relay"
-        a.wait_video_playing()
-        peer.wait(lambda: peer.frames["video"] > 10, "video frames from the page")
-        a.chat("hello caller")
-        a.wait_chat("echo: hello caller")
-        peer.send("bye", {"session_id": peer.session_id, "from": peer.id})
-        a.wait_state("idle")
-        assert "hung up" in a.call_text()
-    finally:
-        peer.close()
+    peer = aiortc_peer("525252", "aiortc caller")
+    a = new_page()
+    a.page.locator("#relay-only").set_checked(True)
+    a.wait_peer(peer.id)
+    peer.call(a.id, "video")
+    assert "aiortc caller" in a.wait_incoming()
+    a.accept()
+    a.wait_state("connected")
+    assert a.pair()[0] == "relay"
+    a.wait_video_playing()
+    peer.wait(lambda: peer.frames["video"] > 10, "video frames from the page")
+    a.chat("hello caller")
+    a.wait_chat("echo: hello caller")
+    peer.send("bye", {"session_id": peer.session_id, "from": peer.id})
+    a.wait_state("idle")
+    assert "hung up" in a.call_text()
 
 
 HELPER_CASES = """async () => {
@@ -570,23 +581,20 @@ def test_page_helpers(new_page: NewPage) -> None:
 
 
 def test_flutter_style_video_call_without_data_channel(
-    new_page: NewPage, web_server: ServerProcess
+    new_page: NewPage, aiortc_peer: Callable[[str, str], AiortcPeer]
 ) -> None:
     """The Flutter demo's video calls carry no data channel: media flows, the page says no chat."""
-    peer = AiortcPeer(web_server, "535353", "flutter-like")
-    try:
-        a = new_page()
-        a.wait_peer(peer.id)
-        peer.call(a.id, "video", channel=False)
-        a.accept()
-        a.wait_state("connected")
-        a.wait_video_playing()
-        chat = a.page.locator("#chat-input")
-        assert chat.is_disabled() and "no data channel" in str(chat.get_attribute("placeholder"))
-        a.hangup()
-        peer.wait(lambda: peer.session_id in peer.byes, "the bye")
-    finally:
-        peer.close()
+    peer = aiortc_peer("535353", "flutter-like")
+    a = new_page()
+    a.wait_peer(peer.id)
+    peer.call(a.id, "video", channel=False)
+    a.accept()
+    a.wait_state("connected")
+    a.wait_video_playing()
+    chat = a.page.locator("#chat-input")
+    assert chat.is_disabled() and "no data channel" in str(chat.get_attribute("placeholder"))
+    a.hangup()
+    peer.wait(lambda: peer.session_id in peer.byes, "the bye")
 
 
 @pytest.fixture(scope="module")

@@ -390,8 +390,7 @@ function endCall(reason, { bye = false, kind = "info" } = {}) {
   $("chat-send").disabled = true;
   lastEnd = reason;
   notify(reason, kind);
-  renderCall();
-  renderPeers();
+  renderCall(); // renders the peers list too
 }
 
 function renderCall() {
@@ -518,8 +517,7 @@ $("server-form").addEventListener("submit", (event) => {
   target = pickServer(value);
   store.set("flaskrtc.server", value);
   peers = [];
-  renderPeers();
-  signaling.retarget(target.wsUrl);
+  signaling.retarget(target.wsUrl); // its state events render the (now empty) list
 });
 
 renderCall();

@@ -142,7 +142,7 @@ export class Call extends EventTarget {
     if (this.media === "video") {
       // Receive what we cannot send, so a call without a camera still shows the peer.
       for (const kind of ["audio", "video"]) {
-        const used = this.pc.getTransceivers().some((t) => (t.receiver.track || {}).kind === kind);
+        const used = this.pc.getTransceivers().some((t) => t.receiver.track.kind === kind);
         if (!used) this.pc.addTransceiver(kind, { direction: "recvonly" });
       }
     }
