@@ -27,7 +27,7 @@ from flaskrtc.turn.stun import (
     parse,
     serialize,
 )
-from tests.test_turn_wire import RawTurn, TurnProcess
+from tests.wire.test_turn_wire import RawTurn, TurnProcess
 
 
 @pytest.fixture(scope="module")

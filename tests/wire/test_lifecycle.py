@@ -12,7 +12,7 @@ import pytest
 
 from flaskrtc.signal.wsframe import CloseReceived
 from tests.conftest import ServerProcess
-from tests.test_ws import RawClient
+from tests.wire.test_ws import RawClient
 
 
 def test_banner_prints_urls_to_open(server: ServerProcess) -> None:

@@ -23,8 +23,8 @@ import pytest
 from flaskrtc import __version__
 from flaskrtc.turn.stun import Attr, Class, Message, Method, parse, serialize
 from tests.conftest import REPO, ServerProcess, free_port
-from tests.test_turn_wire import RawTurn, assert_no_loss, uclient
-from tests.test_ws import new_id
+from tests.wire.test_turn_wire import RawTurn, assert_no_loss, uclient
+from tests.wire.test_ws import new_id
 
 pytestmark = pytest.mark.slow
 

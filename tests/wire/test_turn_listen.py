@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 import flaskrtc.turn.server as turn_server
-from tests.test_turn_core import make_core
+from tests.unit.test_turn_core import make_core
 
 
 def test_port_zero_retries_when_the_udp_port_is_taken_for_tcp(

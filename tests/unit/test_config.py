@@ -17,7 +17,7 @@ from flaskrtc.config import (
     load_config,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEFAULTS = Config(general=GeneralConfig(), turn=TurnConfig())
 
 

@@ -20,7 +20,7 @@ from flaskrtc import __version__
 from flaskrtc.cli import build_parser, main
 from flaskrtc.log import setup_logging
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_cli(
