@@ -22,10 +22,11 @@ from flaskrtc.app import create_app
 from flaskrtc.config import Config
 from flaskrtc.signal.server import SignalingHandler, SignalServer
 from flaskrtc.tls import HandshakeGuard, ensure_certificate, make_ssl_context
+from flaskrtc.turn.addressing import is_wildcard
 from flaskrtc.turn.auth import Credentials, Nonces
 from flaskrtc.turn.core import Limits, TurnCore
 from flaskrtc.turn.policy import PeerPolicy
-from flaskrtc.turn.server import TurnServer, UdpRelayPorts, public_addresses
+from flaskrtc.turn.server import TurnServer, UdpRelayPorts, relay_addressing
 
 log = logging.getLogger("flaskrtc.server")
 http_log = logging.getLogger("flaskrtc.http")
@@ -101,20 +102,8 @@ def _ssl_context(config: Config) -> ssl.SSLContext | None:
 def build_turn(config: Config, ssl_context: ssl.SSLContext | None) -> TurnServer:
     """Create and start the TURN server; its real ports are in its *_address attributes."""
     turn = config.turn
-    v4, v6 = public_addresses(turn.public_ip, turn.bind)
-    if not turn.public_ip:
-        log.warning(
-            "turn: [turn] public_ip is not set; relays are advertised as %s. Set it to the "
-            "address clients reach this host at.",
-            v4,
-        )
-    ports = UdpRelayPorts(
-        bind=turn.bind,
-        min_port=turn.min_port,
-        max_port=turn.max_port,
-        public_v4=v4,
-        public_v6=v6,
-    )
+    addressing = relay_addressing(turn.public_ip, turn.bind)
+    ports = UdpRelayPorts(addressing=addressing, min_port=turn.min_port, max_port=turn.max_port)
     core = TurnCore(
         ports=ports,
         credentials=Credentials(turn.realm, turn.secret, dict(turn.users)),
@@ -142,6 +131,11 @@ def build_turn(config: Config, ssl_context: ssl.SSLContext | None) -> TurnServer
     except OSError as err:
         server.stop()
         raise StartupError(f"turn: cannot listen on {turn.bind}:{turn.port}: {err}") from err
+    rule = addressing.describe(server.pktinfo)
+    if server.pktinfo or turn.public_ip or not is_wildcard(turn.bind):
+        log.info("turn: %s", rule)
+    else:
+        log.warning("turn: %s", rule)
     return server
 
 

@@ -58,9 +58,18 @@ class RelayPorts(Protocol):
         """Whether relays of address family 4 or 6 can be opened."""
         ...
 
-    def open(self, family: int, *, port: int | None = None, even: bool = False) -> Relay | None:
+    def open(
+        self,
+        family: int,
+        *,
+        port: int | None = None,
+        even: bool = False,
+        local: str | None = None,
+    ) -> Relay | None:
         """Bind a relay socket: a given ``port``, an even one, or any in the range; None if
-        none is free (508)."""
+        none is free (508). ``local`` is the server address the client's request arrived on
+        (the five-tuple's server side), which decides where the relay lives when
+        ``[turn] public_ip`` is not set (see :mod:`flaskrtc.turn.addressing`)."""
         ...
 
     def close(self, relay: Relay) -> None:

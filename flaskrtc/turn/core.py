@@ -290,12 +290,12 @@ class TurnCore:
                 raise TurnError(508, key=key)
             relay = reservation.relay
         elif even is not None:
-            relay = ports.open(family, even=True)
+            relay = ports.open(family, even=True, local=ft.server[0])
             if relay is None:
                 raise TurnError(508, key=key)
             if even:
                 # R bit: keep the next port too, for the RTCP allocation (§7.2, §14.6).
-                nxt = ports.open(family, port=relay.address[1] + 1)
+                nxt = ports.open(family, port=relay.address[1] + 1, local=ft.server[0])
                 if nxt is None:
                     ports.close(relay)
                     raise TurnError(508, key=key)
@@ -305,7 +305,7 @@ class TurnCore:
                 )
                 extra[Attr.RESERVATION_TOKEN] = reservation_token
         else:
-            relay = ports.open(family)
+            relay = ports.open(family, local=ft.server[0])
             if relay is None:
                 raise TurnError(508, key=key)
         assert relay is not None

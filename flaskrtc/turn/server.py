@@ -18,6 +18,7 @@ import random
 import socket
 import ssl
 import struct
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,7 @@ import gevent.socket
 from gevent.server import DatagramServer, StreamServer
 
 from flaskrtc.tls import HandshakeGuard
+from flaskrtc.turn.addressing import RelayAddressing, canonical_ip, is_wildcard
 from flaskrtc.turn.allocation import Address, Allocation, FiveTuple
 from flaskrtc.turn.core import ToClient, ToPeer, TurnCore
 from flaskrtc.turn.stun import StunError, next_frame_length, stream_starts_with_stun
@@ -56,30 +58,32 @@ class RelaySocket:
 
 
 class UdpRelayPorts:
-    """Binds relay sockets in ``[min_port, max_port]`` (the core's RelayPorts)."""
+    """Binds relay sockets in ``[min_port, max_port]`` (the core's RelayPorts), on the host
+    :class:`RelayAddressing` picks for the client's arrival address."""
 
     def __init__(
         self,
         *,
-        bind: str,
+        addressing: RelayAddressing,
         min_port: int,
         max_port: int,
-        public_v4: str,
-        public_v6: str | None,
         on_open: Callable[[RelaySocket], None] | None = None,
     ) -> None:
-        self.bind_v4 = bind if ":" not in bind else "0.0.0.0"
-        self.bind_v6 = bind if ":" in bind else "::"
+        self.addressing = addressing
         self.min_port, self.max_port = min_port, max_port
-        self.public_v4, self.public_v6 = public_v4, public_v6
         self.on_open = on_open
 
     def supports(self, family: int) -> bool:
-        """IPv4 always; IPv6 when the host has it (and a public IPv6 address is known)."""
-        return family == 4 or (family == 6 and self.public_v6 is not None)
+        """IPv4 always; IPv6 when an IPv6 relay address is known."""
+        return self.addressing.supports(family)
 
     def open(
-        self, family: int, *, port: int | None = None, even: bool = False
+        self,
+        family: int,
+        *,
+        port: int | None = None,
+        even: bool = False,
+        local: str | None = None,
     ) -> RelaySocket | None:
         """Bind a relay socket (a given port, an even one, or any free one), or None."""
         if port is not None:
@@ -95,7 +99,7 @@ class UdpRelayPorts:
             # bounded so a full range costs a fixed number of binds.
             candidates = [low + ((start + i) % count) * step for i in range(min(count, 64))]
         af = socket.AF_INET6 if family == 6 else socket.AF_INET
-        host = self.bind_v6 if family == 6 else self.bind_v4
+        host, public = self.addressing.choose(family, local)
         for candidate in candidates:
             sock = gevent.socket.socket(af, socket.SOCK_DGRAM)
             try:
@@ -105,8 +109,7 @@ class UdpRelayPorts:
             except OSError:
                 sock.close()
                 continue
-            public = self.public_v6 if family == 6 else self.public_v4
-            relay = RelaySocket(sock, public or host)
+            relay = RelaySocket(sock, public)
             if self.on_open is not None:
                 self.on_open(relay)  # starts the relay's reader greenlet
             return relay
@@ -123,21 +126,34 @@ class UdpRelayPorts:
 class ClientLink:
     """How to reach one client: the UDP listener socket, or a TCP/TLS connection."""
 
-    __slots__ = ("address", "five_tuple", "lock", "pad", "raw", "stream")
+    __slots__ = ("address", "cmsg", "five_tuple", "lock", "pad", "raw", "stream")
 
-    def __init__(self, five_tuple: FiveTuple, raw: Any, *, stream: bool) -> None:
+    def __init__(
+        self,
+        five_tuple: FiveTuple,
+        raw: Any,
+        *,
+        stream: bool,
+        cmsg: list[tuple[int, int, bytes]] | None = None,
+    ) -> None:
         self.five_tuple = five_tuple  # built once per client, not per datagram
         self.address = five_tuple.client
         self.raw = raw
         self.stream = stream
         self.pad = stream  # ChannelData over streams is padded to 4 bytes (§12.5)
         self.lock = gevent.lock.Semaphore() if stream else None
+        # A wildcard UDP listener answers from the address the client sent to (IP_PKTINFO),
+        # or a NAT in front of the client drops the reply of a multi-homed host.
+        self.cmsg = cmsg
 
     def send(self, data: bytes) -> None:
         """Send to the client; a full UDP buffer drops the datagram, as the network would."""
         try:
             if self.lock is None:
-                self.raw.sendto(data, self.address)
+                if self.cmsg is None:
+                    self.raw.sendto(data, self.address)
+                else:
+                    self.raw.sendmsg((data,), self.cmsg, 0, self.address)
             else:
                 with self.lock:
                     self.raw.sendall(data)
@@ -157,6 +173,7 @@ class TurnServer:
         self.udp_address: Address | None = None
         self.tcp_address: Address | None = None
         self.tls_address: Address | None = None
+        self.pktinfo = False  # whether UDP clients' destination addresses are known
 
     # -- relays --------------------------------------------------------------------------
 
@@ -257,6 +274,7 @@ class TurnServer:
         udp.start()
         tcp.start()
         self.servers += [udp, tcp]
+        self.pktinfo = udp.pktinfo
         self.udp_address = (bind, actual)
         self.tcp_address = (bind, actual)
         if tls_port and ssl_context is not None:
@@ -347,17 +365,79 @@ class TurnServer:
                 pass
 
 
+# IP_PKTINFO: Python names it on few platforms; Linux's value is 8 (<linux/in.h>). Where the
+# platform has no such option (macOS, Windows), a wildcard listener cannot tell which local
+# address a datagram was sent to, and relays fall back to one address (see addressing.py).
+_IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8 if sys.platform.startswith("linux") else None)
+_IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", None)
+_IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", None)
+_ANC_SPACE = socket.CMSG_SPACE(20) if hasattr(socket, "CMSG_SPACE") else 0
+_IN_PKTINFO = struct.Struct("=I4s4s")  # ifindex, spec_dst, addr (ip(7) "IP_PKTINFO")
+_IN6_PKTINFO = struct.Struct("=16sI")  # addr, ifindex (RFC 3542 §6.1)
+
+
+def enable_pktinfo(sock: Any, family: int) -> bool:
+    """Ask the kernel for each datagram's destination address; False where it cannot."""
+    if not _ANC_SPACE or not hasattr(sock, "recvmsg"):
+        return False
+    try:
+        if family == socket.AF_INET6 and _IPV6_RECVPKTINFO is not None:
+            sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVPKTINFO, 1)
+            if _IP_PKTINFO is not None:
+                try:  # a dual-stack socket's IPv4 datagrams
+                    sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
+                except OSError:
+                    pass
+            return True
+        if family == socket.AF_INET and _IP_PKTINFO is not None:
+            sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
+            return True
+    except OSError:
+        pass
+    return False
+
+
+def pktinfo_destination(ancdata: list[tuple[int, int, bytes]]) -> tuple[str, Any] | None:
+    """The destination address of a datagram from ``recvmsg``'s ancillary data, and the
+    control message that makes a reply leave from it; None if there is none."""
+    for level, kind, data in ancdata:
+        if level == socket.IPPROTO_IP and kind == _IP_PKTINFO and len(data) >= 12:
+            _ifindex, _spec, addr = _IN_PKTINFO.unpack_from(data)
+            ip = socket.inet_ntop(socket.AF_INET, addr)
+            return ip, [(socket.IPPROTO_IP, _IP_PKTINFO, _IN_PKTINFO.pack(0, addr, bytes(4)))]
+        if level == socket.IPPROTO_IPV6 and kind == _IPV6_PKTINFO and len(data) >= 20:
+            addr, _ifindex = _IN6_PKTINFO.unpack_from(data)
+            ip = canonical_ip(socket.inet_ntop(socket.AF_INET6, addr))
+            if ":" not in ip:
+                return ip, None  # IPv4-mapped: the kernel picks the IPv4 source itself
+            return ip, [(socket.IPPROTO_IPV6, _IPV6_PKTINFO, _IN6_PKTINFO.pack(addr, 0))]
+    return None
+
+
 class _UdpListener(DatagramServer):  # type: ignore[misc]
-    """The UDP listener: handles datagrams inline (no greenlet per datagram)."""
+    """The UDP listener: handles datagrams inline (no greenlet per datagram). Bound to a
+    wildcard address, it reads each datagram's destination (IP_PKTINFO) so that the
+    five-tuple, the relay address and the reply's source are the address the client used."""
 
     def __init__(self, turn: TurnServer, address: Address) -> None:
         super().__init__(address, spawn=None)
         self.turn = turn
-        self._links: dict[Address, ClientLink] = {}
+        self._links: dict[Any, ClientLink] = {}
+        self.pktinfo = False
 
-    def do_read(self) -> tuple[bytes, Any] | None:
+    def init_socket(self) -> None:
+        super().init_socket()
+        if is_wildcard(self.address[0]):
+            self.pktinfo = enable_pktinfo(self._socket, self._socket.family)
+
+    def do_read(self) -> tuple[bytes, Any, Any] | None:
         try:
-            return self._socket.recvfrom(MAX_DATAGRAM)  # type: ignore[no-any-return]
+            if self.pktinfo:
+                data, ancdata, _flags, address = self._socket.recvmsg(MAX_DATAGRAM, _ANC_SPACE)
+                # The raw control message keys the client's link: no parsing per datagram.
+                return data, address, (ancdata[0] if ancdata else None)
+            data, address = self._socket.recvfrom(MAX_DATAGRAM)
+            return data, address, None
         except OSError as err:
             if err.args[0] in (errno.EWOULDBLOCK, errno.EAGAIN):
                 return None
@@ -365,18 +445,28 @@ class _UdpListener(DatagramServer):  # type: ignore[misc]
                 return None  # an ICMP error for an earlier send; keep reading
             raise
 
-    def handle(self, data: bytes, address: Any) -> None:
+    def handle(self, data: bytes, address: Any, local: Any = None) -> None:
         try:
             client: Address = address[:2] if len(address) > 2 else address
-            link = self._links.get(client)
+            key = (client, local)
+            link = self._links.get(key)
             if link is None:
-                if len(self._links) > 100_000:
-                    self._links.clear()  # bounded: links are cheap to recreate
-                five_tuple = FiveTuple("udp", client, self.address[:2])
-                link = self._links[client] = ClientLink(five_tuple, self._socket, stream=False)
+                link = self._new_link(client, local)
             self.turn.client_input(data, link)
         except Exception:
             log.exception("udp %s: dropping a datagram", address)
+
+    def _new_link(self, client: Address, local: Any) -> ClientLink:
+        if len(self._links) > 100_000:
+            self._links.clear()  # bounded: links are cheap to recreate
+        server_ip, cmsg = self.address[0], None
+        found = pktinfo_destination([local]) if local is not None else None
+        if found is not None:
+            server_ip, cmsg = found
+        five_tuple = FiveTuple("udp", client, (server_ip, self.address[1]))
+        link = ClientLink(five_tuple, self._socket, stream=False, cmsg=cmsg)
+        self._links[(client, local)] = link
+        return link
 
 
 def _tcp_socket(bind: str, port: int) -> gevent.socket.socket:
@@ -393,8 +483,8 @@ def _tcp_socket(bind: str, port: int) -> gevent.socket.socket:
 
 
 def guess_public_ipv4() -> str:
-    """A non-loopback IPv4 address of this host (for XOR-RELAYED-ADDRESS when
-    ``public_ip`` is not set), else 127.0.0.1. No packet is sent to find it."""
+    """A non-loopback IPv4 address of this host (the relay address of last resort, where the
+    platform cannot say which address a client reached), else 127.0.0.1. No packet is sent."""
     try:
         infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
     except OSError:
@@ -406,16 +496,35 @@ def guess_public_ipv4() -> str:
     return "127.0.0.1"
 
 
-def public_addresses(public_ip: str, bind: str) -> tuple[str, str | None]:
-    """The addresses relays are advertised with: (IPv4, IPv6 or None if no IPv6 relays)."""
-    v6 = public_ip if ":" in public_ip else (bind if ":" in bind and bind != "::" else None)
-    if public_ip and ":" not in public_ip:
-        v4 = public_ip
-    elif bind and ":" not in bind and bind != "0.0.0.0":
-        v4 = bind
-    else:
-        v4 = guess_public_ipv4()
-    return v4, v6
+def is_local_address(ip: str) -> bool:
+    """Whether this host owns ``ip`` (a socket can be bound to it). No packet is sent."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((ip, 0))
+    except OSError:
+        return False
+    return True
+
+
+def relay_addressing(public_ip: str, bind: str) -> RelayAddressing:
+    """The relay address rules for ``[turn] public_ip`` (one address of each family at most,
+    comma-separated) and ``[turn] bind``; looks at the host's addresses once."""
+    publics = [p.strip() for p in public_ip.split(",") if p.strip()]
+    v4 = next((p for p in publics if ":" not in p), "")
+    v6 = next((p for p in publics if ":" in p), "")
+    bind_v4 = bind if bind and ":" not in bind else "0.0.0.0"
+    bind_v6 = bind if ":" in bind else "::"
+    return RelayAddressing(
+        bind_v4=bind_v4,
+        bind_v6=bind_v6,
+        public_v4=v4,
+        public_v6=v6,
+        public_v4_local=bool(v4) and is_local_address(v4),
+        public_v6_local=bool(v6) and is_local_address(v6),
+        fallback_v4=guess_public_ipv4() if is_wildcard(bind_v4) else bind_v4,
+        fallback_v6="",
+    )
 
 
 class _TlsServer(HandshakeGuard, StreamServer):  # type: ignore[misc]

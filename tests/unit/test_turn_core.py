@@ -46,11 +46,20 @@ class FakePorts:
         self.free = free
         self.open_ports: dict[int, FakeRelay] = {}
         self.v6 = v6
+        self.locals: list[str | None] = []  # the arrival address of each open() call
 
     def supports(self, family: int) -> bool:
         return family == 4 or self.v6
 
-    def open(self, family: int, *, port: int | None = None, even: bool = False) -> FakeRelay | None:
+    def open(
+        self,
+        family: int,
+        *,
+        port: int | None = None,
+        even: bool = False,
+        local: str | None = None,
+    ) -> FakeRelay | None:
+        self.locals.append(local)
         if len(self.open_ports) >= self.free:
             return None
         if port is None:

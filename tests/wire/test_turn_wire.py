@@ -155,22 +155,58 @@ def stun_request(port: int, msg: Message) -> Message:
 
 
 class RawTurn:
-    """A minimal long-term-credential TURN client on one UDP socket (for negative tests)."""
+    """A minimal long-term-credential TURN client on one UDP socket or TCP stream (for
+    negative tests); ``host`` is the server address it sends to."""
 
-    def __init__(self, port: int, username: str, password: str, realm: str = "flutter-webrtc"):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.settimeout(5)
-        self.server = ("127.0.0.1", port)
+    def __init__(
+        self,
+        port: int,
+        username: str,
+        password: str,
+        realm: str = "flutter-webrtc",
+        *,
+        host: str = "127.0.0.1",
+        tcp: bool = False,
+    ):
+        self.server = (host, port)
+        self.tcp = tcp
+        if tcp:
+            self.sock = socket.create_connection(self.server, timeout=5)
+        else:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.sock.settimeout(5)
         self.username = username
         self.key = long_term_key(username, realm, password)
         self.realm = ""
         self.nonce = ""
+        self.last_source: tuple[str, int] | None = None  # where the last reply came from
 
     def _send(self, data: bytes) -> None:
-        self.sock.sendto(data, self.server)
+        if self.tcp:
+            self.sock.sendall(data)
+        else:
+            self.sock.sendto(data, self.server)
 
     def _recv(self) -> bytes:
-        return self.sock.recvfrom(65535)[0]
+        if self.tcp:
+            header = self._read_exactly(20)
+            length = int.from_bytes(header[2:4], "big")
+            return header + self._read_exactly(length)
+        data, self.last_source = self.sock.recvfrom(65535)
+        return data
+
+    def _read_exactly(self, size: int) -> bytes:
+        buf = b""
+        while len(buf) < size:
+            chunk = self.sock.recv(size - len(buf))
+            if not chunk:
+                raise ConnectionError("TURN server closed the stream")
+            buf += chunk
+        return buf
+
+    def recv_message(self) -> Message:
+        """The next message from the server (a response or a Data indication)."""
+        return parse(self._recv())
 
     def request(self, method: int, attrs: dict[int, Any]) -> Message:
         if not self.nonce:

@@ -1,0 +1,87 @@
+"""Which address a relay is bound on and advertised with (flaskrtc.turn.addressing)."""
+
+from __future__ import annotations
+
+import pytest
+
+from flaskrtc.turn.addressing import RelayAddressing, canonical_ip, is_wildcard
+from flaskrtc.turn.allocation import FiveTuple
+from flaskrtc.turn.stun import Attr, Class
+from tests.unit.test_turn_core import Client, make_core
+
+WILD = RelayAddressing(fallback_v4="192.0.2.250")
+
+
+def test_no_public_ip_relays_live_on_the_address_the_client_reached() -> None:
+    assert WILD.choose(4, "198.18.0.10") == ("198.18.0.10", "198.18.0.10")
+    assert WILD.choose(4, "127.0.0.1") == ("127.0.0.1", "127.0.0.1")
+
+
+def test_a_dual_stack_listener_sees_ipv4_clients_as_mapped_addresses() -> None:
+    assert WILD.choose(4, "::ffff:198.18.0.10") == ("198.18.0.10", "198.18.0.10")
+    assert canonical_ip("::ffff:198.18.0.10") == "198.18.0.10"
+    assert canonical_ip("2001:db8:0:0::5") == "2001:db8::5"
+
+
+def test_unknown_arrival_address_falls_back_to_bind_then_the_guess() -> None:
+    assert WILD.choose(4, None) == ("0.0.0.0", "192.0.2.250")
+    assert WILD.choose(4, "0.0.0.0") == ("0.0.0.0", "192.0.2.250")
+    bound = RelayAddressing(bind_v4="198.18.0.10", fallback_v4="198.18.0.10")
+    assert bound.choose(4, None) == ("198.18.0.10", "198.18.0.10")
+
+
+def test_an_arrival_address_of_the_other_family_is_not_used() -> None:
+    v6 = RelayAddressing(bind_v6="2001:db8::5")
+    assert v6.choose(6, "198.18.0.10") == ("2001:db8::5", "2001:db8::5")
+    assert WILD.choose(4, "2001:db8::7") == ("0.0.0.0", "192.0.2.250")
+
+
+def test_public_ip_wins_whatever_the_client_reached() -> None:
+    local = RelayAddressing(public_v4="198.18.0.10", public_v4_local=True)
+    assert local.choose(4, "127.0.0.1") == ("198.18.0.10", "198.18.0.10")
+    # 1:1 NAT: the host does not own the public address; bind where the NAT delivers.
+    nat = RelayAddressing(public_v4="203.0.113.5", public_v4_local=False)
+    assert nat.choose(4, "10.0.0.5") == ("0.0.0.0", "203.0.113.5")
+    assert nat.choose(4, "127.0.0.1") == ("0.0.0.0", "203.0.113.5")
+
+
+def test_ipv6_relays_exist_only_with_an_ipv6_address_to_give() -> None:
+    assert WILD.supports(4)
+    assert not WILD.supports(6)
+    assert RelayAddressing(public_v6="2001:db8::5").supports(6)
+    assert RelayAddressing(bind_v6="2001:db8::5").supports(6)
+
+
+def test_wildcards() -> None:
+    assert is_wildcard("0.0.0.0") and is_wildcard("::") and is_wildcard("")
+    assert not is_wildcard("127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("rules", "says"),
+    [
+        (WILD, "the local address each client reached"),
+        (RelayAddressing(public_v4="198.18.0.10", public_v4_local=True), "relays are bound there"),
+        (RelayAddressing(public_v4="203.0.113.5"), "a 1:1 NAT is assumed"),
+        (RelayAddressing(bind_v4="198.18.0.10"), "[turn] bind 198.18.0.10"),
+    ],
+)
+def test_the_start_up_line_names_the_rule_in_force(rules: RelayAddressing, says: str) -> None:
+    assert says in rules.describe(pktinfo=True)
+
+
+def test_without_pktinfo_the_start_up_line_says_what_to_set() -> None:
+    text = WILD.describe(pktinfo=False)
+    assert "192.0.2.250" in text and "public_ip" in text
+
+
+def test_the_core_opens_relays_on_the_five_tuples_server_address() -> None:
+    core, ports = make_core()
+    ft = FiveTuple("udp", ("198.51.100.7", 40000), ("198.18.0.10", 3478))
+    client = Client(core, ft)
+    assert client.allocate().cls == Class.SUCCESS
+    # EVEN-PORT with the R bit opens two relays: both on the address the client reached.
+    second = Client(core, FiveTuple("udp", ("198.51.100.7", 40001), ("198.18.0.11", 3478)))
+    reply = second.allocate({Attr.EVEN_PORT: True})
+    assert reply.cls == Class.SUCCESS
+    assert ports.locals == ["198.18.0.10", "198.18.0.11", "198.18.0.11"]
