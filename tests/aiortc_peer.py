@@ -27,12 +27,36 @@ from aiortc.sdp import candidate_from_sdp
 
 from tests.conftest import ServerProcess
 
+IceChoice = Callable[[dict[str, Any]], list[RTCIceServer]]
+
+
+def first_uri(body: dict[str, Any]) -> list[RTCIceServer]:
+    """The Flutter apps' choice: ``uris[0]`` only (the UDP one)."""
+    return [
+        RTCIceServer(urls=[body["uris"][0]], username=body["username"], credential=body["password"])
+    ]
+
 
 class AiortcPeer:
-    """Registers as ``peer_id`` and answers one call at a time."""
+    """Registers as ``peer_id`` and answers one call at a time.
 
-    def __init__(self, server: ServerProcess, peer_id: str, name: str) -> None:
+    ``ice`` picks the ICE servers from the /api/turn answer (default: the Flutter apps'
+    ``uris[0]``); ``echo`` makes it answer each data-channel text with ``echo: <text>``.
+    """
+
+    def __init__(
+        self,
+        server: ServerProcess,
+        peer_id: str,
+        name: str,
+        *,
+        ice: IceChoice = first_uri,
+        echo: bool = True,
+    ) -> None:
         self.server = server
+        self.ice = ice
+        self.echo = echo
+        self.channel: Any = None  # the data channel of the call, once there is one
         self.id = peer_id
         self.name = name
         self.state = "new"  # the peer connection's connectionState
@@ -95,15 +119,12 @@ class AiortcPeer:
         except Exception as err:  # reported by the test through .errors
             self.errors.append(err)
 
-    def _turn(self) -> RTCIceServer:
+    def _ice_servers(self) -> list[RTCIceServer]:
         url = f"{self.server.base}/api/turn?service=turn&username={self.id}"
         ctx = self.server.ssl_context() if self.server.tls else None
         with urllib.request.urlopen(url, context=ctx, timeout=10) as response:
             body = json.load(response)
-        # The Flutter apps take uris[0] only (the UDP one).
-        return RTCIceServer(
-            urls=[body["uris"][0]], username=body["username"], credential=body["password"]
-        )
+        return self.ice(body)
 
     def call(self, to: str, media: str = "video", channel: bool = True) -> None:
         """Call ``to`` as the Flutter demo does: tracks, data channel, offer with ``media``.
@@ -134,17 +155,20 @@ class AiortcPeer:
         )
 
     def _echo(self, channel: Any) -> None:
+        self.channel = channel
+
         def on_text(text: Any) -> None:
             self.chat.append(text)
-            channel.send(f"echo: {text}")
+            if self.echo:
+                channel.send(f"echo: {text}")
 
         channel.on("message", on_text)
 
     async def _new_call(self, session_id: str, media: str) -> RTCPeerConnection:
         self.session_id = session_id
         self.media = media
-        turn = await asyncio.get_running_loop().run_in_executor(None, self._turn)
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[turn]))
+        servers = await asyncio.get_running_loop().run_in_executor(None, self._ice_servers)
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
         self.pc = pc
 
         @pc.on("connectionstatechange")

@@ -48,7 +48,16 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 class ServerProcess:
     """``python -m flaskrtc`` in a temporary folder, with its log captured."""
 
-    def __init__(self, workdir: Path, *, tls: bool = True, extra: dict[str, str] | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        tls: bool = True,
+        extra: dict[str, str] | None = None,
+        wrap: list[str] | None = None,
+    ):
+        """``extra`` overrides config keys (``"turn.port": "0"``); ``wrap`` is put before the
+        command (the NAT lab runs the server with ``ip netns exec NS``)."""
         self.workdir = workdir
         self.tls = tls
         settings = {
@@ -81,7 +90,8 @@ class ServerProcess:
         )
         env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
         self.cert = workdir / "certs" / "cert.pem"
-        self._launch([sys.executable, "-m", "flaskrtc", "--config", str(self.config)], env)
+        argv = [*(wrap or []), sys.executable, "-m", "flaskrtc", "--config", str(self.config)]
+        self._launch(argv, env)
 
     def _launch(self, argv: list[str], env: dict[str, str], timeout: float = 20) -> None:
         """Start ``argv`` in ``self.workdir`` and wait for its listening lines."""
