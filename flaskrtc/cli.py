@@ -1,11 +1,19 @@
-"""The ``flaskrtc`` command: parse flags, load the configuration, run the server."""
+"""The ``flaskrtc`` command: parse flags, load the configuration, run the server.
+
+``flaskrtc [flags]`` runs the server. A first argument naming a subcommand (``flaskrtc doctor
+[flags]``) runs that instead: :data:`COMMANDS` maps each name to a function taking the rest of
+the arguments and returning the exit status, so later ones (``token``, ``config``) sit beside
+``doctor`` without touching the server's flags.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import shlex
 import sys
+from collections.abc import Callable
 
 from flaskrtc import __version__
 from flaskrtc.config import (
@@ -30,15 +38,8 @@ _OVERRIDES = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command-line parser."""
-    parser = argparse.ArgumentParser(
-        prog="flaskrtc",
-        description="WebRTC signaling server with a built-in TURN relay "
-        "(compatible with flutter-webrtc-server).",
-        epilog="Precedence: built-in defaults < config file < FLASKRTC_<SECTION>_<KEY> "
-        "environment variables (e.g. FLASKRTC_GENERAL_PORT) < these flags.",
-    )
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags that override the configuration; the server and doctor share them."""
     parser.add_argument(
         "--config",
         metavar="PATH",
@@ -68,22 +69,131 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LEVEL",
         help="DEBUG, INFO, WARNING or ERROR (overrides [general] log_level)",
     )
+
+
+_PRECEDENCE = (
+    "Precedence: built-in defaults < config file < FLASKRTC_<SECTION>_<KEY> "
+    "environment variables (e.g. FLASKRTC_GENERAL_PORT) < these flags."
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser of the server."""
+    parser = argparse.ArgumentParser(
+        prog="flaskrtc",
+        description="WebRTC signaling server with a built-in TURN relay "
+        "(compatible with flutter-webrtc-server).",
+        epilog=_PRECEDENCE + " Commands: 'flaskrtc doctor [flags]' checks the setup "
+        "(flaskrtc doctor --help).",
+    )
+    _add_config_flags(parser)
     parser.add_argument("--version", action="version", version=f"flaskrtc {__version__}")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run flaskrtc with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+def _timeout(text: str) -> float:
     try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exit_:
-        # --help, --version and usage errors; report their status instead of raising.
-        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 60:
+        raise argparse.ArgumentTypeError("expected seconds greater than 0 and at most 60")
+    return value
+
+
+def _url(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL: {text!r}")
+    return text.rstrip("/")
+
+
+def build_doctor_parser() -> argparse.ArgumentParser:
+    """The command-line parser of ``flaskrtc doctor``."""
+    parser = argparse.ArgumentParser(
+        prog="flaskrtc doctor",
+        description="Check a flaskrtc setup without changing it: the config, the certificate, "
+        "the ports, the relay port range, the open-files limit, [turn] public_ip, and, "
+        "against the running server, /api/turn, the clock and a TURN relay self-test over "
+        "each transport. Prints one row per check (ok, warn, FAIL or skip) and the fix for "
+        "each warning and failure.",
+        epilog="Exit status: 0 when no check failed (warnings do not fail), 1 when one did. "
+        "It reads the config exactly as the server does; " + _PRECEDENCE,
+    )
+    _add_config_flags(parser)
+    parser.add_argument(
+        "--url",
+        metavar="URL",
+        type=_url,
+        help="base URL of the running server (default: from the config, e.g. "
+        "https://127.0.0.1:8086; TLS certificates are not verified here, the certificate "
+        "has its own check)",
+    )
+    parser.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_timeout,
+        default=3.0,
+        help="time each network step may take (default: 3)",
+    )
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, str]:
     overrides = {
         key: value for dest, key in _OVERRIDES.items() if (value := getattr(args, dest)) is not None
     }
     if args.no_tls:
         overrides["general.tls"] = "false"
+    return overrides
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | int:
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exit_:
+        # --help, --version and usage errors; report their status instead of raising.
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+
+
+def _server_command(args: argparse.Namespace) -> str:
+    """The command line that starts the server doctor checks, for its "start it" fix."""
+    # The one-file binary is not called flaskrtc: name it as the user ran it.
+    parts = [sys.argv[0] if getattr(sys, "frozen", False) else "flaskrtc"]
+    for flag, dest in (
+        ("--config", "config"),
+        *((f"--{d.replace('_', '-')}", d) for d in _OVERRIDES),
+    ):
+        value = getattr(args, dest)
+        if value is not None:
+            parts += [flag, value]
+    if args.no_tls:
+        parts.append("--no-tls")
+    return shlex.join(parts)
+
+
+def doctor(argv: list[str]) -> int:
+    """``flaskrtc doctor [flags]``: check the setup; 0 unless a check failed."""
+    args = _parse(build_doctor_parser(), argv)
+    if isinstance(args, int):
+        return args
+    from flaskrtc.doctor import run_doctor  # imported late: the server does not need it
+
+    return run_doctor(args.config, os.environ, _overrides(args), url=args.url, timeout=args.timeout)
+
+
+# Subcommands: ``flaskrtc NAME [flags]`` calls COMMANDS[NAME](flags) for its exit status.
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"doctor": doctor}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run flaskrtc with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
+    args = _parse(build_parser(), argv)
+    if isinstance(args, int):
+        return args
+    overrides = _overrides(args)
     try:
         config = load_config(args.config, os.environ, overrides)
         setup_logging(config.log_level)

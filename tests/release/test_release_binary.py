@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -93,6 +94,7 @@ class BinaryProcess(ServerProcess):
         )
         argv = [str(self.binary), "--bind", "127.0.0.1", "--port", "0", "--turn-port", "0"]
         argv += ["--public-ip", "127.0.0.1"]
+        self.env = env  # for running `<binary> doctor` the same way
         # A one-file binary unpacks itself before Python starts: allow more than the usual 20 s.
         self._launch(argv, env, timeout=60)
 
@@ -191,6 +193,23 @@ def test_turn_over_tcp_and_tls_with_coturn_client(
     assert port, "the binary should listen for TURN over TLS"
     peer = ["-e", "127.0.0.1", "-r", str(udp_peer)]
     assert_no_loss(uclient(running, *flags, *peer, port=port, secret=secret))
+
+
+def test_doctor_subcommand_passes_against_the_running_binary(running: BinaryProcess) -> None:
+    # The running binary's flags and environment, with the ports it got for its port 0s.
+    flags = ["--bind", "127.0.0.1", "--public-ip", "127.0.0.1", "--url", running.base]
+    flags += ["--port", str(running.port), "--turn-port", str(running.turn_port)]
+    done = subprocess.run(
+        [str(running.binary), "doctor", *flags],
+        cwd=running.workdir,
+        env=running.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for link in ("udp", "tcp", "tls"):
+        assert re.search(rf"^turn {link} +ok .* RTT [0-9.]+ ms$", done.stdout, re.M), done.stdout
 
 
 def test_sigterm_exits_cleanly(running: BinaryProcess) -> None:
