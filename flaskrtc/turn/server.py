@@ -316,6 +316,12 @@ class TurnServer:
         return handle
 
     def _serve_stream(self, sock: Any, client: Address, transport: str) -> None:
+        try:
+            # Relayed media is many small writes: Nagle's algorithm would hold each one back
+            # until the previous is acknowledged (about 40 ms with delayed ACKs).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
         server = tuple(sock.getsockname()[:2])
         five_tuple = FiveTuple(transport, client, server)
         link = ClientLink(five_tuple, sock, stream=True)

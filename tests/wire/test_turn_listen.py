@@ -43,3 +43,35 @@ def test_fixed_port_taken_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     server = turn_server.TurnServer(core)
     with pytest.raises(OSError):
         server.start(bind="127.0.0.1", port=38123, tls_port=0, ssl_context=None)
+
+
+def test_tcp_clients_get_no_nagle_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Relayed packets are small writes; with Nagle each waited for the last one's ACK
+    (doctor's TCP self-test measured about 40 ms a round trip before this, 0.4 ms after)."""
+    import socket
+
+    import gevent
+
+    seen: list[int] = []
+    real = turn_server.TurnServer._serve_stream
+
+    def spy(self: Any, sock: Any, client: Any, transport: str) -> None:
+        serving = gevent.spawn(real, self, sock, client, transport)
+        gevent.sleep(0)  # the handler runs until it waits for the client's first bytes
+        seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        serving.join()
+
+    monkeypatch.setattr(turn_server.TurnServer, "_serve_stream", spy)
+    core, _ = make_core()
+    server = turn_server.TurnServer(core)
+    server.start(bind="127.0.0.1", port=0, tls_port=0, ssl_context=None)
+    try:
+        assert server.tcp_address is not None
+        client = gevent.socket.create_connection(server.tcp_address)
+        with gevent.Timeout(10):
+            while not seen:
+                gevent.sleep(0.01)
+        client.close()
+        assert seen == [1]
+    finally:
+        server.stop()
