@@ -6,8 +6,13 @@ fake camera and microphone that need no permission prompt.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from pathlib import Path
 from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from tests.conftest import require_tool
 
@@ -133,3 +138,40 @@ class WebPage:
         path = self.shots / f"{name}.png"
         self.page.screenshot(path=str(path))
         return path
+
+
+def spki_pin(cert: Path) -> str:
+    """Chromium's --ignore-certificate-errors-spki-list value for ``cert`` (base64 SHA-256 of
+    its SubjectPublicKeyInfo). WebRTC's TURN over TLS does not take Playwright's
+    ignore_https_errors: a browser launched with this pin trusts exactly that certificate."""
+    key = x509.load_pem_x509_certificate(cert.read_bytes()).public_key()
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
+CHECK_RESULT = """() => {
+  const verdict = document.getElementById('verdict');
+  return {
+    verdict: { ...verdict.dataset },
+    title: document.getElementById('verdict-title').textContent,
+    text: document.getElementById('verdict-text').textContent,
+    notes: [...document.querySelectorAll('#verdict-notes li')].map(
+      (li) => ({ code: li.dataset.code, text: li.textContent })),
+    rows: [...document.querySelectorAll('#rows li')].map((li) => ({
+      ...li.dataset,
+      gather: li.querySelector('.step-gather').textContent,
+      relayStep: li.querySelector('.step-relay').textContent,
+    })),
+  };
+}"""
+
+
+def run_check(page: Any, url: str, timeout: float = 40) -> dict[str, Any]:
+    """Open the connection check at ``url``, wait until it has a verdict, return what it shows:
+    {verdict: #verdict's data-*, title, text, notes, rows: each row's data-* and step texts}."""
+    page.goto(url)
+    page.locator("#verdict[data-verdict]").wait_for(timeout=timeout * 1000)
+    result: dict[str, Any] = page.evaluate(CHECK_RESULT)
+    return result

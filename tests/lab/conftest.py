@@ -254,7 +254,9 @@ def lab_page(
     contexts: list[Any] = []
     pages: list[WebPage] = []
 
-    def open_page(side: str, server: LabServer, *, stun_only: bool = False) -> WebPage:
+    def open_page(
+        side: str, server: LabServer, *, stun_only: bool = False, open_demo: bool = True
+    ) -> WebPage:
         context = lab_browsers[side].new_context(ignore_https_errors=True)
         context.set_default_timeout(20000)
         contexts.append(context)
@@ -271,7 +273,7 @@ def lab_page(
             context.route("**/api/turn*", rewrite)
         page = WebPage(context.new_page(), server.base, tmp_path)
         pages.append(page)
-        return page.open()
+        return page.open() if open_demo else page
 
     yield open_page
     for context in contexts:

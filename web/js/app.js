@@ -1,6 +1,7 @@
 // The flaskrtc web demo: presence, video and data calls, chat. Speaks ../docs/protocol.md
 // exactly as the flutter-webrtc demo apps do, so a browser and a Flutter app can call each other.
 import { Call } from "./call.js";
+import { CALL_DEADLINE_MS, diagnoseCall } from "./checklogic.js";
 import { describeAgent, describePair, randomId } from "./format.js";
 import { Signaling, resolveServer } from "./signaling.js";
 
@@ -28,10 +29,12 @@ let target = pickServer(store.get("flaskrtc.server", ""));
 let peers = [];
 // The call in progress, from the first click or offer to the end:
 // {peerId, sessionId, media, direction: "out"|"in", phase, call: Call|null, held: [candidates],
-//  description (incoming offer)}. phase: calling | ringing | connecting | connected.
+//  description (incoming offer), connectingAt, problem: why it does not connect (diagnoseCall)}.
+// phase: calling | ringing | connecting | connected.
 let current = null;
 const byesSent = new Map(); // session_id -> copies of our own bye still to come back
 let lastEnd = "Not in a call";
+let lastProblem = null; // why the last call failed, shown with the link to the check
 
 const signaling = new Signaling({
   url: target.wsUrl,
@@ -103,6 +106,7 @@ signaling.addEventListener("message", ({ detail: msg }) => {
     case "answer":
       if (mine(data) && current.call && current.direction === "out") {
         current.phase = "connecting";
+        startConnecting(current);
         current.call.answered(data.description).catch((err) => fail(err));
         renderCall();
       }
@@ -207,6 +211,7 @@ async function iceServers() {
 
 function placeCall(peerId, media) {
   if (current || signaling.state !== "open") return;
+  lastProblem = null;
   current = {
     peerId,
     sessionId: `${selfId}-${peerId}`,
@@ -229,6 +234,7 @@ function onOffer(data) {
     }
     return;
   }
+  lastProblem = null;
   current = {
     peerId: data.from,
     sessionId: data.session_id,
@@ -267,17 +273,20 @@ async function startCall(entry) {
   clearChat(chat ? "Message" : "No chat in this call: the other app opened no data channel");
   const servers = await iceServers();
   if (current !== entry) return; // ended while we waited
+  entry.relayOnly = $("relay-only").checked;
+  entry.uris = servers.flatMap((server) => server.urls);
   const call = new Call({
     selfId,
     peerId: entry.peerId,
     sessionId: entry.sessionId,
     media: entry.media,
     iceServers: servers,
-    relayOnly: $("relay-only").checked,
+    relayOnly: entry.relayOnly,
     send: (type, data) => signaling.send(type, data),
   });
   entry.call = call;
   watch(call, entry);
+  if (entry.direction === "in") startConnecting(entry); // accepted: connecting from now on
   for (const candidate of entry.held.splice(0)) call.addCandidate(candidate);
   try {
     if (entry.direction === "out") await call.start();
@@ -288,20 +297,51 @@ async function startCall(entry) {
   renderCall();
 }
 
+/* ---------- why a call does not connect ---------- */
+
+// The clock for "within 15 s the page says what failed" starts here: the caller when the
+// answer comes, the callee when it accepts (ringing is not connecting).
+function startConnecting(entry) {
+  if (entry.connectingAt) return;
+  entry.connectingAt = performance.now();
+  entry.deadline = setTimeout(() => diagnose(entry, true), CALL_DEADLINE_MS);
+}
+
+function diagnose(entry, deadline = false, failed = false) {
+  if (current !== entry || !entry.call) return;
+  const elapsed = entry.connectingAt ? performance.now() - entry.connectingAt : 0;
+  const problem = diagnoseCall({
+    ...entry.call.diag,
+    peer: peerName(entry.peerId),
+    relayOnly: entry.relayOnly,
+    uris: entry.uris,
+    connected: entry.phase === "connected" && !failed, // a connected call can still fail
+    failed,
+    // A timer may fire a hair early by the page's clock; the deadline has passed all the same.
+    elapsedMs: deadline ? Math.max(elapsed, CALL_DEADLINE_MS) : elapsed,
+  });
+  if (problem && (problem.reason === "ice-failed" || problem.reason === "failed")) {
+    // Final without an ICE restart: end the call and say why, once, right now.
+    endCall(`Could not connect to ${peerName(entry.peerId)}.`, { bye: true, kind: "error", problem });
+    return;
+  }
+  // Before connecting (still calling) only a failure counts; the rest waits for the answer.
+  entry.problem = entry.connectingAt ? problem : null;
+  renderCall();
+}
+
 function watch(call, entry) {
   call.addEventListener("state", ({ detail: state }) => {
     if (current !== entry) return;
     if (state === "connected") entry.phase = "connected";
     if (state === "failed") {
-      const hint = $("relay-only").checked
-        ? " With relay only, the TURN server must be reachable from both sides."
-        : " Try again with relay only if a firewall is in the way.";
-      endCall(`The connection failed.${hint}`, { bye: true, kind: "error" });
+      diagnose(entry, false, true);
       return;
     }
     entry.ice = state;
-    renderCall();
+    diagnose(entry); // connected: the problem, if any, goes away
   });
+  call.addEventListener("diagnostics", () => diagnose(entry));
   call.addEventListener("pair", ({ detail: pair }) => {
     const el = $("pair");
     el.dataset.local = pair.local;
@@ -372,10 +412,11 @@ function onError(data) {
   notify(`The server refused "${request || "a message"}": ${reason}.`, "error");
 }
 
-function endCall(reason, { bye = false, kind = "info" } = {}) {
+function endCall(reason, { bye = false, kind = "info", problem = null } = {}) {
   if (!current) return;
   const entry = current;
   current = null;
+  clearTimeout(entry.deadline);
   if (bye) sendBye(entry.sessionId);
   if (entry.call) entry.call.close();
   const dialog = $("incoming");
@@ -389,7 +430,8 @@ function endCall(reason, { bye = false, kind = "info" } = {}) {
   $("chat-input").disabled = true;
   $("chat-send").disabled = true;
   lastEnd = reason;
-  notify(reason, kind);
+  lastProblem = problem;
+  notify(problem ? `${reason} ${problem.text}` : reason, kind);
   renderCall(); // renders the peers list too
 }
 
@@ -410,6 +452,11 @@ function renderCall() {
   let text = texts[phase];
   if (current && current.ice === "disconnected") text = `Connection to ${who} interrupted, waiting…`;
   $("call-text").textContent = text;
+  const problem = current ? current.problem : lastProblem;
+  const box = $("call-problem");
+  box.hidden = !problem;
+  box.dataset.reason = problem ? problem.reason : "";
+  $("call-problem-text").textContent = problem ? problem.text : "";
   $("videos").dataset.media = current && current.phase !== "ringing" ? current.media : "none";
   $("idle").hidden = Boolean(current && current.phase !== "ringing");
   $("data-only").hidden = !(current && current.media === "data" && current.phase !== "ringing");

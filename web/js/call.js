@@ -2,7 +2,10 @@
 // "media", trickled candidates as {sdpMLineIndex, sdpMid, candidate}, a data channel the
 // caller opens, session_id "<caller>-<callee>").
 
+import { parseCandidate, sdpCandidateCount } from "./checklogic.js";
+
 const CHANNEL_LABEL = "fileTransfer"; // the Flutter demo's label; any label works for it
+const MAX_ERRORS = 20; // gathering errors kept for the diagnosis (a few per TURN URI)
 
 /** A sentence a user can act on for a getUserMedia failure. */
 export function describeMediaError(err) {
@@ -74,7 +77,8 @@ export function selectedPair(stats) {
 /**
  * A call with one peer. Events: "state" (RTCPeerConnection.connectionState), "pair" (the
  * selectedPair() result), "local" / "remote" (MediaStream), "channel" ("open" | "closed"),
- * "chat" (text), "problem" (a sentence for the user).
+ * "chat" (text), "problem" (a sentence for the user), "diagnostics" (a copy of ``diag``
+ * whenever a candidate, a gathering error or the ICE state comes in).
  */
 export class Call extends EventTarget {
   constructor({ selfId, peerId, sessionId, media, iceServers, relayOnly, send }) {
@@ -90,12 +94,30 @@ export class Call extends EventTarget {
     this.remoteStream = null;
     this.channel = null;
     this.statsTimer = null;
+    // What diagnoseCall() needs to say why a call does not connect.
+    this.diag = {
+      gathering: "new",
+      localCandidates: 0,
+      localRelays: 0,
+      remoteCandidates: 0,
+      errors: [], // {url, code, text} from icecandidateerror, the newest MAX_ERRORS
+      ice: "new",
+      dtls: "new", // the DTLS transport's state, read when the connection state changes
+    };
     this.pc = new RTCPeerConnection({
       iceServers,
       iceTransportPolicy: relayOnly ? "relay" : "all",
     });
     this.pc.onicecandidate = ({ candidate }) => {
+      if (!candidate) {
+        this.diag.gathering = "complete";
+        this._diagnostics();
+      }
       if (!candidate || !candidate.candidate) return; // end of candidates: nothing to send
+      this.diag.localCandidates += 1;
+      const parsed = parseCandidate(candidate.candidate);
+      if ((candidate.type || (parsed && parsed.type)) === "relay") this.diag.localRelays += 1;
+      this._diagnostics();
       this._signal("candidate", {
         candidate: {
           sdpMLineIndex: candidate.sdpMLineIndex,
@@ -103,6 +125,20 @@ export class Call extends EventTarget {
           candidate: candidate.candidate,
         },
       });
+    };
+    this.pc.onicegatheringstatechange = () => {
+      this.diag.gathering = this.pc.iceGatheringState;
+      this._diagnostics();
+    };
+    // Says which TURN URI failed and how (701: no answer, 401: credentials refused, ...).
+    this.pc.onicecandidateerror = (event) => {
+      this.diag.errors.push({ url: event.url, code: event.errorCode, text: event.errorText });
+      if (this.diag.errors.length > MAX_ERRORS) this.diag.errors.shift();
+      this._diagnostics();
+    };
+    this.pc.oniceconnectionstatechange = () => {
+      this.diag.ice = this.pc.iceConnectionState;
+      this._diagnostics();
     };
     this.pc.ontrack = (event) => {
       if (!this.remoteStream) this.remoteStream = event.streams[0] || new MediaStream();
@@ -114,9 +150,30 @@ export class Call extends EventTarget {
     this.pc.ondatachannel = (event) => this._useChannel(event.channel);
     this.pc.onconnectionstatechange = () => {
       const state = this.pc.connectionState;
+      // Chromium may fire this before iceconnectionstatechange: read the ICE state now.
+      this.diag.ice = this.pc.iceConnectionState;
+      this.diag.dtls = this._dtlsState();
       this._emit("state", state);
       if (state === "connected") this._watchStats();
     };
+  }
+
+  // "failed" when any DTLS transport failed. Chromium's connectionState follows the standard
+  // ICE transport state, which may say "failed" while iceConnectionState still says
+  // "disconnected"; the DTLS state tells an ICE failure from a DTLS one.
+  _dtlsState() {
+    try {
+      const transports = [this.pc.sctp && this.pc.sctp.transport];
+      for (const t of this.pc.getTransceivers()) transports.push(t.sender.transport);
+      const states = transports.filter(Boolean).map((t) => t.state);
+      return states.includes("failed") ? "failed" : states[0] || "new";
+    } catch {
+      return "new"; // a browser without RTCDtlsTransport
+    }
+  }
+
+  _diagnostics() {
+    this._emit("diagnostics", { ...this.diag, errors: [...this.diag.errors] });
   }
 
   _emit(type, detail) {
@@ -173,6 +230,7 @@ export class Call extends EventTarget {
 
   /** Callee: the offer, then media, then the answer. */
   async accept(description) {
+    this._countRemote(description);
     await this.pc.setRemoteDescription(description);
     await this._flushCandidates();
     await this._addLocalMedia();
@@ -187,13 +245,18 @@ export class Call extends EventTarget {
   /** Caller: the callee's answer. */
   async answered(description) {
     if (this.pc.signalingState !== "have-local-offer") return; // a duplicate or late answer
+    this._countRemote(description);
     await this.pc.setRemoteDescription(description);
     await this._flushCandidates();
   }
 
   /** A trickled candidate from the peer; held until the remote description is set. */
-  async addCandidate(candidate) {
+  async addCandidate(candidate, held = false) {
     if (!candidate || !candidate.candidate) return;
+    if (!held) {
+      this.diag.remoteCandidates += 1;
+      this._diagnostics();
+    }
     if (!this.pc.remoteDescription) {
       this.pending.push(candidate);
       return;
@@ -207,7 +270,13 @@ export class Call extends EventTarget {
 
   async _flushCandidates() {
     const held = this.pending.splice(0);
-    for (const candidate of held) await this.addCandidate(candidate);
+    for (const candidate of held) await this.addCandidate(candidate, true);
+  }
+
+  // A peer that does not trickle (the Flutter apps, aiortc) puts its candidates in the SDP.
+  _countRemote(description) {
+    this.diag.remoteCandidates += sdpCandidateCount(description && description.sdp);
+    this._diagnostics();
   }
 
   /** Send a chat line over the data channel; false when it is not open. */
