@@ -148,19 +148,27 @@ class Server:
                 self.proc.wait(10)
 
 
-def start_flaskrtc(workdir: Path) -> tuple[Server, str]:
-    """flaskrtc with plain HTTP and TURN on loopback, no quotas; returns it and its HTTP port."""
+def start_flaskrtc(workdir: Path, *, wildcard: bool = False) -> tuple[Server, str]:
+    """flaskrtc with plain HTTP and TURN on loopback, no quotas; returns it and its HTTP port.
+    ``wildcard``: TURN on 0.0.0.0 with public_ip empty (the default configuration), where
+    every datagram's destination is read with IP_PKTINFO."""
     config = workdir / "config.ini"
+    turn_addr = (
+        "public_ip =\nbind = 0.0.0.0" if wildcard else "public_ip = 127.0.0.1\nbind = 127.0.0.1"
+    )
     config.write_text(
         "[general]\nbind = 127.0.0.1\nport = 0\ntls = false\n"
         f"html_root = {REPO / 'web'}\nlog_level = INFO\n"
-        f"[turn]\nsecret = {SECRET}\npublic_ip = 127.0.0.1\nbind = 127.0.0.1\nport = 0\n"
+        f"[turn]\nsecret = {SECRET}\n{turn_addr}\nport = 0\n"
         "tls_port = 0\nallowed_peer_ip = 127.0.0.1\nmin_port = 40000\nmax_port = 49999\n"
         "user_quota = 0\ntotal_quota = 0\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     server = Server(
-        "flaskrtc", [sys.executable, "-m", "flaskrtc", "--config", str(config)], workdir, env
+        "flaskrtc*" if wildcard else "flaskrtc",
+        [sys.executable, "-m", "flaskrtc", "--config", str(config)],
+        workdir,
+        env,
     )
     http = server.wait_for(HTTP_RE, 30).group(1)
     server.port = int(server.wait_for(TURN_RE, 30).group(1))
@@ -489,6 +497,9 @@ def main() -> int:
     parser.add_argument("--allocations", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=50, help="allocations in flight")
     parser.add_argument("--no-reference", action="store_true", help="skip the bare forwarder")
+    parser.add_argument(
+        "--no-wildcard", action="store_true", help="skip flaskrtc on 0.0.0.0 (IP_PKTINFO)"
+    )
     parser.add_argument("--forward", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.forward:
@@ -511,12 +522,20 @@ def main() -> int:
             (Path(tmp) / "coturn").mkdir()
             flask, http = start_flaskrtc(Path(tmp) / "flaskrtc")
             servers.append(flask)
+            if not args.no_wildcard:
+                (Path(tmp) / "flaskrtc-any").mkdir()
+                servers.append(start_flaskrtc(Path(tmp) / "flaskrtc-any", wildcard=True)[0])
             coturn = start_coturn(turnserver, Path(tmp) / "coturn")
             servers.append(coturn)
             print(
                 f"flaskrtc: pid {flask.pid}, http {http}, turn udp {flask.port}"
                 " (one process, gevent; quotas off, allowed_peer_ip 127.0.0.1)"
             )
+            if not args.no_wildcard:
+                print(
+                    f"flaskrtc*: pid {servers[1].pid}, turn udp {servers[1].port} (bind 0.0.0.0,"
+                    " public_ip empty: each datagram's destination read with IP_PKTINFO)"
+                )
             print(f"coturn:   pid {coturn.pid}, turn udp {coturn.port}: {' '.join(coturn.cmd[1:])}")
             print(
                 f"uclient:  -y -m {args.clients} -n {args.messages} -z {args.interval}"
@@ -578,6 +597,9 @@ def main() -> int:
                     f"    ratio flaskrtc/coturn {runs['flaskrtc'] / runs['coturn']:.2f}"
                     " (target <= 3, aim 2)"
                 )
+                if "flaskrtc*" in runs:
+                    pktinfo = runs["flaskrtc*"] / runs["flaskrtc"]
+                    line += f"; flaskrtc* (IP_PKTINFO)/flaskrtc {pktinfo:.2f}"
                 if "bare" in runs:
                     line += (
                         f"; bare Python/coturn {runs['bare'] / runs['coturn']:.2f},"

@@ -174,13 +174,15 @@ def lab_peer(nat: NetLab) -> Iterator[Callable[..., LabPeer]]:
 # --- Chromium in the client namespaces ---------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+# Module scope, as in tests/browser: while a sync Playwright runs, the main thread has a
+# running asyncio loop, and later tests' asyncio.run() would fail.
+@pytest.fixture(scope="module")
 def lab_playwright() -> Iterator[Any]:
     with sync_api.sync_playwright() as running:
         yield running
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lab_browsers(
     lab: NetLab, lab_playwright: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
