@@ -12,7 +12,9 @@ from flask import Flask, Response, abort, jsonify, request, send_from_directory
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException, NotFound
 
+from flaskrtc.auth import TokenError, verify_token
 from flaskrtc.config import Config
+from flaskrtc.ratelimit import retry_after_header
 from flaskrtc.resources import resolve_html_root
 from flaskrtc.signal.server import TRANSPORT_KEY, SignalServer
 from flaskrtc.turn.credentials import CredentialError, make_credential
@@ -34,6 +36,31 @@ for _type, _ext in (
     ("image/x-icon", ".ico"),
 ):
     mimetypes.add_type(_type, _ext)
+
+
+# Every page of the demo loads its scripts, styles and images from this server only, and
+# never runs inline code; it may connect (fetch, WebSocket) to another flaskrtc, because
+# its "Server" setting points it at one, so connect-src names schemes, not this origin alone.
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self'",
+        "media-src 'self'",
+        "connect-src 'self' https: wss: http: ws:",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    )
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    # A page opened with ?token= must not hand its URL to anyone else.
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def _host_of(host_header: str) -> str:
@@ -68,16 +95,40 @@ def create_app(
     signal: SignalServer,
     *,
     clock: Callable[[], float] = time.time,
+    rate_gate: Callable[[str], float] | None = None,
 ) -> Flask:
-    """Build the Flask app for ``config``; ``signal`` serves the WebSocket connections."""
+    """Build the Flask app for ``config``; ``signal`` serves the WebSocket connections.
+
+    ``rate_gate(ip)`` limits /api/turn: 0 lets a request through, else it is answered 429
+    with that many seconds in ``Retry-After``.
+    """
+    secret = config.auth.secret
     html_root = resolve_html_root(config.general.html_root)
     if html_root != Path(config.general.html_root).resolve():
         log.info("web demo: the copy built into this binary (no ./web here)")
     app = Flask("flaskrtc", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
 
+    def client_ip() -> str:
+        return request.remote_addr or "?"
+
+    def check_token(where: str) -> str | None:
+        """None if access is granted (or [auth] is off), else why it is refused."""
+        if not secret:
+            return None
+        peer_id = request.args.get("id", "")
+        try:
+            verify_token(secret, peer_id, request.args.get("token", ""), clock())
+        except TokenError as err:
+            # The token itself is never logged: it is a credential while it is valid.
+            log.warning("%s: %s refused: %s (id %r)", client_ip(), where, err.reason, peer_id[:128])
+            return err.reason
+        return None
+
     @app.after_request
-    def cors(response: Response) -> Response:
+    def headers(response: Response) -> Response:
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
         if request.path == "/api/turn":
             # The web app may be hosted on another origin (docs/protocol.md §9).
             response.headers["Access-Control-Allow-Origin"] = "*"
@@ -88,8 +139,19 @@ def create_app(
 
     @app.route("/api/turn", methods=["GET", "POST", "OPTIONS"])
     def api_turn() -> Response | tuple[Response, int]:
+        if rate_gate is not None:
+            wait = rate_gate(client_ip())
+            if wait > 0:
+                response = jsonify(error="too many requests: retry later")
+                response.headers["Retry-After"] = retry_after_header(wait)
+                return response, 429
         if request.method == "OPTIONS":
             return Response(status=204)
+        refused = check_token("/api/turn")
+        if refused is not None:
+            response = jsonify(error=f"unauthorized: {refused}")
+            response.headers["WWW-Authenticate"] = 'Token realm="flaskrtc"'
+            return response, 401
         values: dict[str, str] = dict(request.values.items())
         if request.is_json:
             body = request.get_json(silent=True)
@@ -116,7 +178,15 @@ def create_app(
         transport = request.environ.get(TRANSPORT_KEY)
         if transport is None:  # pragma: no cover - the handler always sets it
             abort(400)
-        signal.serve(transport)
+        # Browsers cannot read the status of a refused upgrade, so a bad token is said in
+        # an `error` message and a 4401 close on the open socket (docs/protocol.md §11).
+        refused = check_token("/ws")
+        if refused is not None:
+            signal.serve(transport, refusal=f"unauthorized: {refused}")
+        elif secret:
+            signal.serve(transport, peer_id=request.args.get("id", ""))
+        else:
+            signal.serve(transport)
         return Response(status=101)
 
     @app.route("/ws")
@@ -135,6 +205,9 @@ def create_app(
     def static_files(path: str) -> Response:
         # send_from_directory refuses any path that leaves html_root (safe_join), after
         # percent-decoding, so "%2e%2e/" is refused as well as "../".
+        if any(part.startswith(".") for part in path.split("/")):
+            # Dotfiles and dot-folders (.git, .env, editor swap files) are never published.
+            raise NotFound()
         target = html_root / path if path else html_root
         try:
             if target.is_dir():

@@ -13,6 +13,7 @@ import logging
 import os
 import shlex
 import sys
+import time
 from collections.abc import Callable
 
 from flaskrtc import __version__
@@ -84,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="WebRTC signaling server with a built-in TURN relay "
         "(compatible with flutter-webrtc-server).",
         epilog=_PRECEDENCE + " Commands: 'flaskrtc doctor [flags]' checks the setup "
-        "(flaskrtc doctor --help).",
+        "(flaskrtc doctor --help); 'flaskrtc token ID --ttl 3600' prints an access token "
+        "when [auth] secret is set (flaskrtc token --help).",
     )
     _add_config_flags(parser)
     parser.add_argument("--version", action="version", version=f"flaskrtc {__version__}")
@@ -181,8 +183,70 @@ def doctor(argv: list[str]) -> int:
     return run_doctor(args.config, os.environ, _overrides(args), url=args.url, timeout=args.timeout)
 
 
+def _ttl(text: str) -> int:
+    from flaskrtc.auth import MAX_TTL
+
+    if not text.isdigit() or not 1 <= int(text) <= MAX_TTL:
+        raise argparse.ArgumentTypeError(f"expected whole seconds from 1 to {MAX_TTL}: {text!r}")
+    return int(text)
+
+
+def build_token_parser() -> argparse.ArgumentParser:
+    """The command-line parser of ``flaskrtc token``."""
+    parser = argparse.ArgumentParser(
+        prog="flaskrtc token",
+        description="Print an access token for peer ID, signed with [auth] secret: with it, "
+        "a client may use /ws?id=ID&token=TOKEN (and register as ID only) and "
+        "/api/turn?...&id=ID&token=TOKEN. The web demo takes both in its URL: "
+        "https://HOST:8086/?id=ID&token=TOKEN.",
+        epilog="Exit status: 0 with the token on stdout; 2 on a config error or when "
+        "[auth] secret is not set. It reads the config as the server does; " + _PRECEDENCE,
+    )
+    parser.add_argument("id", metavar="ID", help="the peer id the token is for")
+    parser.add_argument(
+        "--ttl",
+        metavar="SECONDS",
+        type=_ttl,
+        default=3600,
+        help="how long the token is valid (default: 3600)",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="INI config file (default: configs/config.ini if it exists, else built-in defaults)",
+    )
+    return parser
+
+
+def token(argv: list[str]) -> int:
+    """``flaskrtc token ID [--ttl S]``: print a token for ID; 2 without ``[auth] secret``."""
+    args = _parse(build_token_parser(), argv)
+    if isinstance(args, int):
+        return args
+    from flaskrtc.auth import make_token
+
+    try:
+        config = load_config(args.config, os.environ, {})
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    if not config.auth.secret:
+        print(
+            "flaskrtc token: [auth] secret is not set (in the config or FLASKRTC_AUTH_SECRET): "
+            "authentication is off and no token is needed",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        print(make_token(config.auth.secret, args.id, time.time(), args.ttl))
+    except ValueError as err:
+        print(f"flaskrtc token: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 # Subcommands: ``flaskrtc NAME [flags]`` calls COMMANDS[NAME](flags) for its exit status.
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"doctor": doctor}
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"doctor": doctor, "token": token}
 
 
 def main(argv: list[str] | None = None) -> int:

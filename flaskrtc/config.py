@@ -39,6 +39,22 @@ class GeneralConfig:
     tls: bool = True
     keepalive: float = 5.0  # seconds between "{}" frames, > 0
     max_message_size: int = 1048576  # bytes, 1 KiB .. 64 MiB
+    idle_timeout: float = 0.0  # seconds without a frame or pong; 0 = 3 keepalive periods
+    max_connections: int = 10000  # open HTTP(S)/WebSocket connections in all, 0 = unlimited
+    max_connections_per_ip: int = 100  # per client IP, 0 = unlimited
+    rate_limit: float = 20.0  # /api/turn and /ws requests per second per IP (burst 2x), 0 = off
+
+    @property
+    def effective_idle_timeout(self) -> float:
+        """``idle_timeout``, or three keepalive periods when it is unset (0)."""
+        return self.idle_timeout or 3 * self.keepalive
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """``[auth]``: optional tokens for /ws and /api/turn (off while ``secret`` is empty)."""
+
+    secret: str = ""  # HMAC-SHA256 key of the tokens; empty = no authentication
 
 
 @dataclass(frozen=True)
@@ -58,7 +74,10 @@ class TurnConfig:
     denied_peer_ip: tuple[str, ...] = ()  # CIDRs added to the built-in peer deny list
     allowed_peer_ip: tuple[str, ...] = ()  # CIDRs exempt from every peer deny rule
     user_quota: int = 10  # live allocations per username, 0 = unlimited
+    ip_quota: int = 20  # live allocations per client IP, 0 = unlimited
     total_quota: int = 1000  # live allocations in all, 0 = unlimited
+    unauth_rate: int = 10  # unauthenticated UDP replies per second per client IP, 0 = off
+    unauth_burst: int = 20  # ... in a burst, >= 1
     max_permissions: int = 64  # per allocation, 1 .. 4096
     max_channels: int = 64  # per allocation, 1 .. 4096 (all channel numbers, RFC 8656 §12)
     max_lifetime: int = 3600  # seconds an allocation may ask for (RFC 8656 §7.2)
@@ -74,6 +93,7 @@ class Config:
     log_level: str = "INFO"  # DEBUG INFO WARNING ERROR
     config_path: Path | None = None  # the file read, None if none existed
     config_dir: Path = Path("configs")  # where generated files (secret) go
+    auth: AuthConfig = AuthConfig()  # optional tokens; off by default
 
 
 class ConfigError(Exception):
@@ -142,6 +162,41 @@ def _keepalive(text: str) -> float:
     if not math.isfinite(value) or not 0 < value <= 3600:
         raise ValueError(expected)
     return value
+
+
+def _idle_timeout(text: str) -> float:
+    # Empty (or 0) means "three keepalive periods"; an explicit value must leave room for at
+    # least one keepalive ping and its pong (checked against keepalive in _check_idle).
+    expected = "seconds greater than keepalive and at most 86400, or empty for 3 keepalives"
+    text = text.strip()
+    if not text:
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(expected) from None
+    if not math.isfinite(value) or not 0 <= value <= 86400:
+        raise ValueError(expected)
+    return value
+
+
+def _rate(text: str) -> float:
+    expected = "requests per second from 0 (off) to 100000"
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(expected) from None
+    if not math.isfinite(value) or not 0 <= value <= 100000:
+        raise ValueError(expected)
+    return value
+
+
+def _auth_secret(text: str) -> str:
+    text = text.strip()
+    # A short key makes every token guessable offline from one sample; 16 is the floor.
+    if text and len(text) < 16:
+        raise ValueError("empty (no authentication) or a secret of at least 16 characters")
+    return text
 
 
 def _ip(text: str) -> str:
@@ -258,6 +313,10 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "general.tls": _bool,
     "general.keepalive": _keepalive,
     "general.max_message_size": _int_range(1024, 64 * 1024 * 1024),
+    "general.idle_timeout": _idle_timeout,
+    "general.max_connections": _int_range(0, None),
+    "general.max_connections_per_ip": _int_range(0, None),
+    "general.rate_limit": _rate,
     "general.log_level": _log_level,
     "turn.public_ip": _public_ip,
     "turn.port": _port,
@@ -273,16 +332,23 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "turn.denied_peer_ip": _networks,
     "turn.allowed_peer_ip": _networks,
     "turn.user_quota": _int_range(0, None),
+    "turn.ip_quota": _int_range(0, None),
     "turn.total_quota": _int_range(0, None),
+    "turn.unauth_rate": _int_range(0, 100000),
+    "turn.unauth_burst": _int_range(1, 100000),
     "turn.max_permissions": _int_range(1, 4096),
     # RFC 8656 §12 allows channel numbers 0x4000-0x4FFF only: 4096 channels at most.
     "turn.max_channels": _int_range(1, 4096),
     "turn.max_lifetime": _int_range(60, 86400),
     "turn.default_lifetime": _int_range(60, 86400),
+    "auth.secret": _auth_secret,
 }
-_SECTIONS = ("general", "turn")
+_SECTIONS = ("general", "turn", "auth")
 # How a value is shown in an error, for keys that hold secrets.
-_MASKS: dict[str, Callable[[str], str]] = {"turn.users": _mask_users}
+_MASKS: dict[str, Callable[[str], str]] = {
+    "turn.users": _mask_users,
+    "auth.secret": lambda text: "***",
+}
 # (lower key, upper key): the lower value must not exceed the upper one.
 _ORDERED = (
     ("turn.min_port", "turn.max_port"),
@@ -322,15 +388,15 @@ def _read_file(path: Path) -> _Raw:
         raise ConfigError("config", source, f"a readable UTF-8 file ({reason})") from None
     except configparser.Error as err:
         raise ConfigError(
-            "config", source, f"an INI file with [general] and [turn] ({_ini_problem(err)})"
+            "config", source, f"an INI file with [general], [turn], [auth] ({_ini_problem(err)})"
         ) from None
     if parser.defaults():
         # [DEFAULT] keys leak into every section; nothing here wants that.
-        raise ConfigError("section", "DEFAULT", "[general] or [turn]", source)
+        raise ConfigError("section", "DEFAULT", "[general], [turn] or [auth]", source)
     values: _Raw = {}
     for section in parser.sections():
         if section not in _SECTIONS:
-            raise ConfigError("section", section, "[general] or [turn]", source)
+            raise ConfigError("section", section, "[general], [turn] or [auth]", source)
         for name, value in parser.items(section):
             key = f"{section}.{name}"
             if key not in _PARSERS:
@@ -353,7 +419,7 @@ def _read_environ(environ: Mapping[str, str]) -> _Raw:
         elif any(name.startswith(f"{ENV_PREFIX}{section.upper()}_") for section in _SECTIONS):
             # A typo such as FLASKRTC_GENERAL_PROT would otherwise be silently ignored.
             raise ConfigError(
-                name, environ[name], "a known FLASKRTC_GENERAL_* or FLASKRTC_TURN_* name"
+                name, environ[name], "a known FLASKRTC_GENERAL_*, _TURN_* or _AUTH_* name"
             )
     return values
 
@@ -374,6 +440,17 @@ def _check_order(parsed: Mapping[str, Any], raw: _Raw) -> None:
         # Say where the other value came from when the error's own source does not.
         where = f", from {high_source}" if high_source and high_source != source else ""
         raise ConfigError(named, text, f"at most {high_key} ({high}{where})", source or None)
+
+
+def _check_idle(parsed: Mapping[str, Any], raw: _Raw) -> None:
+    """An explicit idle_timeout must exceed keepalive: a ping must be able to come back."""
+    idle = parsed.get("general.idle_timeout", 0.0)
+    keepalive = parsed.get("general.keepalive", GeneralConfig().keepalive)
+    if idle and idle <= keepalive:
+        text, named, source = raw["general.idle_timeout"]
+        raise ConfigError(
+            named, text, f"more than general.keepalive ({keepalive:g}), or empty", source or None
+        )
 
 
 def load_config(
@@ -412,6 +489,7 @@ def load_config(
             shown = _MASKS[key](text) if key in _MASKS else text
             raise ConfigError(named, shown, str(err), source or None) from None
     _check_order(parsed, raw)
+    _check_idle(parsed, raw)
 
     def section(name: str) -> dict[str, Any]:
         prefix = name + "."
@@ -424,6 +502,7 @@ def load_config(
     return Config(
         general=GeneralConfig(**section("general")),
         turn=TurnConfig(**section("turn")),
+        auth=AuthConfig(**section("auth")),
         log_level=parsed.get("general.log_level", "INFO"),
         config_path=config_path,
         config_dir=config_path.parent if config_path is not None else DEFAULT_CONFIG_DIR,

@@ -8,6 +8,7 @@ import logging
 import signal as stdsignal
 import socket
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from gevent.pywsgi import WSGIServer
 from flaskrtc import __version__
 from flaskrtc.app import create_app
 from flaskrtc.config import Config
+from flaskrtc.ratelimit import ConnectionLimits, LogThrottle, RateLimiter
 from flaskrtc.signal.server import SignalingHandler, SignalServer
 from flaskrtc.tls import HandshakeGuard, ensure_certificate, make_ssl_context
 from flaskrtc.turn.addressing import is_wildcard
@@ -114,10 +116,15 @@ def build_turn(config: Config, ssl_context: ssl.SSLContext | None) -> TurnServer
             default_lifetime=turn.default_lifetime,
             max_lifetime=turn.max_lifetime,
             user_quota=turn.user_quota,
+            ip_quota=turn.ip_quota,
             total_quota=turn.total_quota,
             max_permissions=turn.max_permissions,
             max_channels=turn.max_channels,
+            unauth_rate=turn.unauth_rate,
+            unauth_burst=turn.unauth_burst,
         ),
+        # Peers at the host's own addresses are the host itself: denied, except its relays.
+        host_addresses=addressing.host_addresses(),
     )
     server = TurnServer(core)
     ports.on_open = server.start_relay
@@ -139,8 +146,70 @@ def build_turn(config: Config, ssl_context: ssl.SSLContext | None) -> TurnServer
     return server
 
 
-class _WSGIServer(HandshakeGuard, WSGIServer):  # type: ignore[misc]
-    """gevent's WSGI server with guarded TLS handshakes."""
+class ConnectionCap:
+    """Mixin for a gevent ``StreamServer``: refuse connections beyond ``limits``.
+
+    A refused connection is closed at once, before any TLS handshake or HTTP parsing, and
+    costs one WARNING line per cap and 10 s at most (a flood must not flood the log too).
+    """
+
+    limits: ConnectionLimits | None = None  # None: no caps
+    _refused: dict[str, LogThrottle] | None = None  # a log throttle per cap
+
+    def do_handle(self, client_socket: Any, address: Any) -> Any:
+        """Admit the connection (then handle it as gevent does) or close it."""
+        refusal = None if self.limits is None else self.limits.admit(_ip(address))
+        if refusal is None:
+            return super().do_handle(client_socket, address)  # type: ignore[misc]
+        client_socket.close()
+        if self._refused is None:
+            self._refused = {}
+        throttle = self._refused.setdefault(refusal.cap, LogThrottle(10.0))
+        quiet = throttle.ready(time.monotonic())
+        if quiet is not None:
+            more = f"; {quiet} more refused since the last such line" if quiet else ""
+            log.warning("refused a connection from %s: %s%s", _ip(address), refusal, more)
+        return None
+
+    def do_close(self, client_socket: Any, address: Any) -> None:
+        """The connection has ended (gevent calls this once per handled one): free its slot."""
+        try:
+            super().do_close(client_socket, address)  # type: ignore[misc]
+        finally:
+            if self.limits is not None:
+                self.limits.release(_ip(address))
+
+
+def _ip(address: Any) -> str:
+    return str(address[0]) if isinstance(address, tuple) else str(address)
+
+
+class _WSGIServer(ConnectionCap, HandshakeGuard, WSGIServer):  # type: ignore[misc]
+    """gevent's WSGI server with connection caps and guarded TLS handshakes."""
+
+
+def request_gate(limiter: RateLimiter, endpoint: str) -> Any:
+    """``gate(ip)``: 0 if a request from ``ip`` to ``endpoint`` may go on, else the seconds
+    it must wait (then also logged: one WARNING line per endpoint and 10 s at most)."""
+    throttle = LogThrottle(10.0)
+
+    def gate(ip: str) -> float:
+        now = time.monotonic()
+        wait = limiter.check((endpoint, ip), now)
+        if wait:
+            quiet = throttle.ready(now)
+            if quiet is not None:
+                more = f"; {quiet} more since the last such line" if quiet else ""
+                http_log.warning(
+                    "%s: %s over [general] rate_limit = %g/s, answered 429%s",
+                    ip,
+                    endpoint,
+                    limiter.rate,
+                    more,
+                )
+        return wait
+
+    return gate
 
 
 def build_server(
@@ -148,8 +217,15 @@ def build_server(
 ) -> tuple[WSGIServer, SignalServer]:
     """Create (not start) the HTTP(S) server and the signaling server for ``config``."""
     general = config.general
-    signal = SignalServer(keepalive=general.keepalive, max_message_size=general.max_message_size)
-    app = create_app(config, signal)
+    signal = SignalServer(
+        keepalive=general.keepalive,
+        max_message_size=general.max_message_size,
+        idle_timeout=general.effective_idle_timeout,
+    )
+    # One limiter for both endpoints, with a bucket per (endpoint, IP): a burst of
+    # /api/turn requests (the connection check makes four) never blocks a reconnect.
+    limiter = RateLimiter(general.rate_limit)
+    app = create_app(config, signal, rate_gate=request_gate(limiter, "/api/turn"))
     kwargs: dict[str, Any] = {}
     if general.tls:
         kwargs["ssl_context"] = ssl_context
@@ -170,6 +246,9 @@ def build_server(
         error_log=_LogWriter(http_log, logging.ERROR),
         **kwargs,
     )
+    server.limits = ConnectionLimits(general.max_connections, general.max_connections_per_ip)
+    if limiter.enabled:
+        server.upgrade_gate = request_gate(limiter, "/ws")
     return server, signal
 
 

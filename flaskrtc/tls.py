@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from gevent import Timeout
 
 from flaskrtc.files import write_atomic
 
@@ -166,7 +167,7 @@ class HandshakeGuard:
     gevent's own ``wrap_socket_and_handle`` lets a handshake error escape as a greenlet
     traceback (every browser that has not yet accepted a self-signed certificate causes
     one) and waits forever on a client that connects and says nothing. Here the handshake
-    gets ``handshake_timeout`` seconds and a failure costs one log line.
+    gets ``handshake_timeout`` seconds in all and a failure costs one log line.
     """
 
     handshake_timeout: float = 10.0
@@ -176,9 +177,13 @@ class HandshakeGuard:
 
     def wrap_socket_and_handle(self, client_socket: Any, address: Any) -> Any:
         """Handshake with a deadline, then hand the TLS socket to ``handle``."""
+        # A socket timeout alone restarts with every byte received: a client trickling one
+        # byte a second would hold the handshake open for ever. The Timeout is one deadline
+        # for the whole handshake; the socket timeout stays as a bound on each wait.
         client_socket.settimeout(self.handshake_timeout)
         try:
-            tls_socket = self.wrap_socket(client_socket, **self.ssl_args)
+            with Timeout(self.handshake_timeout, TimeoutError("handshake deadline")):
+                tls_socket = self.wrap_socket(client_socket, **self.ssl_args)
         except OSError as err:  # ssl.SSLError and socket timeouts are OSErrors
             _handshake_log.info("%s: TLS handshake failed: %s", address[0], _why(err))
             client_socket.close()

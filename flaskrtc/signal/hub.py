@@ -92,6 +92,8 @@ class Hub:
         self._interval = interval
         self._peers: dict[str, _Peer] = {}  # insertion order = registration order
         self._by_conn: dict[ConnId, str] = {}
+        # Connections whose token allows one id only ([auth] secret set): conn -> that id.
+        self._bound: dict[ConnId, str] = {}
         self._peers_text: str | None = None
         self._version = 0  # bumped on every change to the list
         self._last_broadcast = float("-inf")
@@ -128,8 +130,13 @@ class Hub:
         except ProtocolError as err:
             return [Send(conn, err.reply)]
 
+    def bind(self, conn: ConnId, peer_id: str) -> None:
+        """Allow ``conn`` to register as ``peer_id`` only (its token was made for that id)."""
+        self._bound[conn] = peer_id
+
     def disconnect(self, conn: ConnId, now: float) -> list[Action]:
         """``conn`` is gone: unregister it (once) and tell the others."""
+        self._bound.pop(conn, None)
         return self._unregister(conn, now)
 
     def poll(self, now: float) -> list[Action]:
@@ -166,6 +173,11 @@ class Hub:
         raise AssertionError(f"unhandled request {request!r}")  # pragma: no cover
 
     def _register(self, conn: ConnId, req: New, now: float) -> list[Action]:
+        bound = self._bound.get(conn)
+        if bound is not None and req.id != bound:
+            # The token names one id: no other, and so no takeover of another peer's id
+            # (a takeover needs a token for that very id).
+            raise ProtocolError("new", f"your token is for id '{bound}', not '{req.id}'")
         actions: list[Action] = []
         current = self._by_conn.get(conn)
         if current == req.id:

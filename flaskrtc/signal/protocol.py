@@ -32,10 +32,16 @@ def message(type_: str, data: Any) -> str:
     return dumps({"type": type_, "data": data})
 
 
+# How much of a bad message's "type" an error reply echoes: every real type is short, and a
+# reply must not grow with the input (a megabyte "type" would otherwise come back whole).
+MAX_ECHOED_TYPE = 64
+
+
 class ProtocolError(Exception):
     """A message that cannot be served; :attr:`reply` is the ``error`` message to send."""
 
     def __init__(self, request: str, reason: str) -> None:
+        request = request[:MAX_ECHOED_TYPE]
         super().__init__(f"{request or '?'}: {reason}")
         self.request = request
         self.reason = reason

@@ -2,27 +2,37 @@
 
 It only moves bytes: frames are parsed by :mod:`flaskrtc.signal.wsframe`, messages are
 routed by :class:`flaskrtc.signal.hub.Hub`. What it adds is what gevent-websocket lacks:
-a frame-size cap (close 1009), a single writer per connection (no two greenlets ever send
-on one socket), ``{}`` keepalive frames, close frames answered, and a dead peer removed
-exactly once (only the reader greenlet unregisters it, in its ``finally``).
+a frame-size cap (close 1009) and a frame-rate cap (close 1008), a single writer per
+connection (no two greenlets ever send on one socket), ``{}`` keepalive frames with a PING,
+a client silent for ``idle_timeout`` dropped, close frames answered with a lingering close
+(the client's unread input is drained, so it gets our close frame instead of a reset), and a
+dead peer removed exactly once (only the reader greenlet unregisters it, in its ``finally``).
+
+The HTTP side of the handler adds a deadline for the request head and a per-IP rate limit
+on the upgrade (429), and ends the HTTP connection with the WebSocket session.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO
 
 import gevent
 import gevent.event
+import gevent.socket
 from gevent.pywsgi import WSGIHandler
 from geventwebsocket.handler import WebSocketHandler
 
+from flaskrtc.ratelimit import LogThrottle, TokenBucket, retry_after_header
 from flaskrtc.signal.hub import Action, Broadcast, Close, ConnId, Hub, Send
+from flaskrtc.signal.protocol import message
 from flaskrtc.signal.wsframe import (
+    OP_PING,
     OP_PONG,
     CloseReceived,
     FrameDecoder,
@@ -38,10 +48,25 @@ from flaskrtc.signal.wsframe import (
 
 log = logging.getLogger("flaskrtc.signal")
 
+# The "{}" every client gets each keepalive period, and a PING (RFC 6455 §5.5.2) with it:
+# browsers and the apps answer pings by themselves, so even a client that never sends a
+# message shows it is alive, and one that has vanished is noticed (idle_timeout).
 KEEPALIVE_FRAME = text_frame("{}")
+PING_FRAME = encode_frame(OP_PING, b"")
 READ_SIZE = 65536
-# How long a closing handshake may take before the socket is simply closed.
+# How long a closing handshake may take before the socket is simply closed; also how long
+# the client's input is read and discarded after our close frame (lingering close).
 CLOSE_TIMEOUT = 2.0
+# Frames per second a connection may send, and the burst it may save up: far above what a
+# client needs (one frame per message, a pong per ping), low enough that a flood of tiny
+# frames ends with a 1008 close instead of eating the CPU.
+FRAME_RATE = 1000.0
+FRAME_BURST = 2000.0
+# Close code for a refused token (private-use range, RFC 6455 §7.4.2; 401 as in HTTP).
+CLOSE_UNAUTHORIZED = 4401
+# The request line and headers must be complete this many seconds after the connection
+# (or the previous response), however slowly they trickle in.
+HEAD_TIMEOUT = 10.0
 # A connection whose unsent output exceeds this (or 4 messages of the maximum size, if
 # more) is too slow to keep: it would hold the memory of every message meant for it.
 MAX_QUEUED_BYTES = 32 * 1024 * 1024
@@ -50,6 +75,26 @@ SEND_TIMEOUT = 30.0
 
 TRANSPORT_KEY = "flaskrtc.transport"
 WS_PATH = "/ws"
+
+_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s]*")
+# One line per 10 s at most for slow request heads, however many clients trickle.
+_slow_head_log = LogThrottle(10.0)
+
+
+def _shutdown_socket(sock: socket.socket, how: int) -> None:
+    """``shutdown(how)`` on the TCP socket itself, leaving a TLS layer on it intact.
+
+    ``SSLSocket.shutdown`` would also drop the TLS object, and a greenlet blocked reading
+    through it would then fail with ValueError instead of seeing the end of the stream.
+    """
+    base = gevent.socket.socket
+    try:
+        if isinstance(sock, base):
+            base.shutdown(sock, how)
+        else:
+            sock.shutdown(how)
+    except OSError:
+        pass  # already closed or reset: nothing left to wake
 
 
 class Transport:
@@ -71,11 +116,25 @@ class SignalingHandler(WebSocketHandler):  # type: ignore[misc]
     gevent-websocket's WebSocket object.
     """
 
+    # Set by flaskrtc.server on the WSGI server: ``upgrade_gate(ip)`` is 0 to let an upgrade
+    # through, else the seconds the client must wait (per-IP rate limit, answered 429).
+    _head_timer: gevent.Timeout | None = None
+    _head_started = False
+
     def upgrade_connection(self) -> list[bytes] | None:
         if self.environ.get("PATH_INFO") != WS_PATH:
             # gevent-websocket would upgrade any path; only /ws speaks the protocol.
             self.start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"WebSocket endpoint is /ws"]
+        gate: Callable[[str], float] | None = getattr(self.server, "upgrade_gate", None)
+        if gate is not None:
+            wait = gate(self._client_ip())
+            if wait > 0:
+                self.start_response(
+                    "429 Too Many Requests",
+                    [("Retry-After", retry_after_header(wait)), ("Content-Type", "text/plain")],
+                )
+                return [b"Too many connection attempts from your address: retry later"]
         version = self.environ.get("HTTP_SEC_WEBSOCKET_VERSION")
         if version != "13":
             self.start_response("426 Upgrade Required", [("Sec-WebSocket-Version", "13")])
@@ -97,11 +156,64 @@ class SignalingHandler(WebSocketHandler):  # type: ignore[misc]
         return None
 
     def run_websocket(self) -> None:
+        # The connection never goes back to HTTP: without this, pywsgi's keep-alive loop
+        # would parse the client's last bytes (its close frame, in TLS records) as a new
+        # request once the session is over.
+        self.close_connection = True
         try:
             list(self.application(self.environ, lambda *args: []))
         finally:
             self.environ.pop(TRANSPORT_KEY, None)
             del self.websocket
+
+    # -- the request head deadline -------------------------------------------------------
+
+    def handle_one_request(self) -> Any:
+        """pywsgi's request handling, with :data:`HEAD_TIMEOUT` for the whole request head."""
+        seconds = getattr(self.server, "head_timeout", HEAD_TIMEOUT)
+        timer = gevent.Timeout(seconds)
+        self._head_timer, self._head_started = timer, False
+        timer.start()
+        try:
+            return super().handle_one_request()
+        except gevent.Timeout as fired:
+            if fired is not timer:
+                raise
+            # A keep-alive connection that sends no further request simply ends; a head that
+            # started but did not finish is a slow (or slowloris) client, worth a line.
+            if self._head_started:
+                quiet = _slow_head_log.ready(time.monotonic())
+                if quiet is not None:
+                    more = f" ({quiet} more since the last such line)" if quiet else ""
+                    log.info(
+                        "%s: request head not complete in %g s, closed%s",
+                        self._client_ip(),
+                        seconds,
+                        more,
+                    )
+            self.close_connection = True
+            return None
+        finally:
+            timer.close()
+
+    def read_requestline(self) -> str:
+        # peek waits for the first byte of a request: from then on the head has started.
+        self.rfile.peek(1)
+        self._head_started = True
+        line: str = super().read_requestline()
+        return line
+
+    def get_environ(self) -> dict[str, Any]:
+        # Called once the head is read: the body, the application and a WebSocket session
+        # take the time they need.
+        if self._head_timer is not None:
+            self._head_timer.close()
+        environ: dict[str, Any] = super().get_environ()
+        return environ
+
+    def _client_ip(self) -> str:
+        address = self.client_address
+        return str(address[0]) if isinstance(address, tuple) else str(address)
 
     def log_request(self) -> None:
         if "101" not in str(self.status):
@@ -116,7 +228,9 @@ class SignalingHandler(WebSocketHandler):  # type: ignore[misc]
         if isinstance(status, bytes):
             status = status.decode("latin-1")
         status = status.split()[0]
-        return f'{client} "{self.requestline}" {status} {length} {delta:.4f}s'
+        # A token in the query is a credential: the access log keeps only that there was one.
+        line = _TOKEN_IN_QUERY.sub(r"\1***", self.requestline or "")
+        return f'{client} "{line}" {status} {length} {delta:.4f}s'
 
 
 class Connection:
@@ -132,8 +246,13 @@ class Connection:
         self._wake = gevent.event.Event()
         self._peers_slot: list[bytes] | None = None
         self._closing = False  # a close frame is queued; nothing else may follow it
+        self._close_sent = False  # ... and it has been written
+        self._dropped: str | None = None  # why the writer cut the connection, if it did
         self._done = gevent.event.Event()  # the writer has finished
         self.writer: gevent.Greenlet[Any] | None = None
+        now = time.monotonic()
+        self.last_seen = now  # when the client last sent anything (a frame, a pong, a byte)
+        self._frames = TokenBucket(server.frame_rate, server.frame_burst, now)
 
     # -- output (any greenlet) -----------------------------------------------------------
 
@@ -169,26 +288,42 @@ class Connection:
             # A client this far behind is not reading: no close frame would reach it either,
             # so drop the TCP connection; the reader then unregisters it as for any loss.
             log.warning("%s: %d bytes unsent, dropping slow connection", self, self._queued)
-            self._out.clear()
+            self._drop(f"dropped: {self._queued} bytes unsent")
             self._queued = 0
-            self._closing = True
-            self._shutdown()
         self._wake.set()
+
+    def _drop(self, why: str) -> None:
+        """End the connection without a close frame (the client is gone or not reading)."""
+        self._dropped = why
+        self._out.clear()
+        self._closing = True
+        self._shutdown()
 
     # -- writer greenlet -----------------------------------------------------------------
 
     def write_loop(self) -> None:
-        """Write queued frames, a ``{}`` every keepalive period, until the close frame."""
+        """Write queued frames, a ``{}`` and a PING every keepalive period, until the close
+        frame; drop a client from which nothing arrived for ``idle_timeout`` seconds."""
         sock = self.transport.sock
         keepalive = self.server.keepalive
+        idle = self.server.idle_timeout
         next_ping = time.monotonic() + keepalive
         try:
             while True:
+                now = time.monotonic()
+                silent = now - self.last_seen
+                if silent > idle:
+                    # No frame and no pong in all that time: the client vanished without a
+                    # FIN (a phone out of coverage). TCP would take ~15 min to notice.
+                    self._drop(f"dropped: nothing received for {silent:.0f} s (no pong)")
+                    return
                 if not self._out:
                     self._wake.clear()
-                    if not self._wake.wait(max(0.0, next_ping - time.monotonic())):
-                        self._send(sock, KEEPALIVE_FRAME)
-                        next_ping = time.monotonic() + keepalive
+                    wait = min(next_ping, self.last_seen + idle) - now
+                    if not self._wake.wait(max(0.0, wait)):
+                        if time.monotonic() >= next_ping:
+                            self._send(sock, KEEPALIVE_FRAME + PING_FRAME)
+                            next_ping = time.monotonic() + keepalive
                         continue
                 batch: list[bytes] = []
                 while self._out:
@@ -203,6 +338,7 @@ class Connection:
                 self._send(sock, b"".join(batch))
                 if self._closing and not self._out:
                     # Our close frame is out; a peer that never answers it is cut off.
+                    self._close_sent = True
                     gevent.spawn_later(CLOSE_TIMEOUT, self._shutdown)
                     return
         except (OSError, gevent.Timeout) as exc:
@@ -220,10 +356,7 @@ class Connection:
 
     def _shutdown(self) -> None:
         # Wakes a reader blocked in recv (it sees EOF) so that it cleans up.
-        try:
-            self.transport.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        _shutdown_socket(self.transport.sock, socket.SHUT_RDWR)
 
     # -- reader (the request greenlet) ---------------------------------------------------
 
@@ -234,32 +367,64 @@ class Connection:
         self.writer = gevent.spawn(self.write_loop)
         log.info("%s: connected", self)
         reason = "closed by peer"
+        linger = False  # our close frame ends the session: drain the client's input after it
         try:
             while True:
                 try:
                     data = read(READ_SIZE)
-                except OSError as exc:
+                except (OSError, ValueError) as exc:
+                    # ValueError: a TLS layer already gone (read on an unwrapped socket).
                     reason = f"connection lost ({exc.__class__.__name__})"
                     break
                 if not data:
                     reason = "connection lost" if not self._closing else "closed"
                     break
+                now = time.monotonic()
+                self.last_seen = now
+                frames = decoder.frames
                 try:
                     events = decoder.feed(data)
                 except FrameError as err:
                     reason = f"protocol error {err.code}: {err.reason}"
                     self.close(err.code, err.reason)
+                    linger = True
+                    break
+                if not self._frames.take(now, decoder.frames - frames):
+                    # §7.4.1: 1008 is for a message that violates policy; here, their rate.
+                    reason = "protocol error 1008: too many frames per second"
+                    self.close(1008, "too many frames per second")
+                    linger = True
                     break
                 if self._handle(events):
+                    linger = True
                     break
             # Let the writer flush a close frame before the socket goes away.
             self._done.wait(CLOSE_TIMEOUT)
         finally:
+            label = str(self)  # while it still names the peer
             self.server.drop(self)
+            if linger and self._close_sent:
+                self._linger(read)
             if self.writer is not None:
                 self.writer.kill(block=False)
             self._shutdown()
-            log.info("%s: disconnected, %s", self, reason)
+            log.info("%s: disconnected, %s", label, self._dropped or reason)
+
+    def _linger(self, read: Callable[[int], bytes]) -> None:
+        """Lingering close: FIN after our close frame, then read and discard until the client
+        closes too, for :data:`CLOSE_TIMEOUT` at most.
+
+        Closing a socket with unread input makes the kernel send a reset, and a client that
+        sent a big message in one go would then lose our close frame (1009) unread in its
+        buffer (RFC 6455 §7.1.1 wants the TCP close after the closing handshake).
+        """
+        _shutdown_socket(self.transport.sock, socket.SHUT_WR)
+        try:
+            with gevent.Timeout(CLOSE_TIMEOUT, False):
+                while read(READ_SIZE):
+                    pass
+        except (OSError, ValueError):
+            pass
 
     def _handle(self, events: Iterable[object]) -> bool:
         """Carry out decoded events; True when the connection is to end."""
@@ -285,9 +450,22 @@ class Connection:
 class SignalServer:
     """Owns the hub and every live connection; turns hub actions into queued frames."""
 
-    def __init__(self, *, keepalive: float, max_message_size: int, hub: Hub | None = None):
+    def __init__(
+        self,
+        *,
+        keepalive: float,
+        max_message_size: int,
+        idle_timeout: float | None = None,
+        frame_rate: float = FRAME_RATE,
+        frame_burst: float = FRAME_BURST,
+        hub: Hub | None = None,
+    ):
+        """``idle_timeout``: seconds of silence before a client is dropped (None: 3 periods)."""
         self.hub = hub or Hub()
         self.keepalive = keepalive
+        self.idle_timeout = idle_timeout or 3 * keepalive
+        self.frame_rate = frame_rate
+        self.frame_burst = frame_burst
         self.max_message_size = max_message_size
         self.max_queued = max(MAX_QUEUED_BYTES, 4 * max_message_size)
         self.conns: dict[ConnId, Connection] = {}
@@ -297,12 +475,23 @@ class SignalServer:
         self._ticker: gevent.Greenlet[Any] | None = None
         self.stopping = False
 
-    def serve(self, transport: Transport) -> None:
-        """Run one connection to its end (called in the request greenlet)."""
+    def serve(
+        self, transport: Transport, *, peer_id: str | None = None, refusal: str | None = None
+    ) -> None:
+        """Run one connection to its end (called in the request greenlet).
+
+        ``peer_id``: the only id it may register (its token's). ``refusal``: its token was
+        refused for this reason; it gets an ``error`` and a 4401 close, and nothing else.
+        """
         self._next_id += 1
         conn = Connection(self, self._next_id, transport)
         if self.stopping:
             conn.close(1001, "server shutting down")
+        elif refusal is not None:
+            conn.enqueue(text_frame(message("error", {"request": "", "reason": refusal})))
+            conn.close(CLOSE_UNAUTHORIZED, "unauthorized")
+        elif peer_id is not None:
+            self.hub.bind(conn.id, peer_id)
         self.conns[conn.id] = conn
         if self._ticker is None:
             self._ticker = gevent.spawn(self._tick_loop)

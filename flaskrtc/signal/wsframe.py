@@ -23,6 +23,10 @@ _GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_CONTROL_PAYLOAD = 125
 # Largest frame header: 2 bytes + 8-byte extended length + 4-byte masking key (§5.2).
 MAX_HEADER_SIZE = 14
+# Frames one fragmented message may span (§5.4 sets no bound; §10.4 asks endpoints to limit
+# what they buffer). Browsers and the apps send a message in one frame or a few large ones;
+# without a cap, empty continuation frames would pile up while the size check never grows.
+MAX_FRAGMENTS = 1024
 
 _CONTROL_OPCODES = frozenset((OP_CLOSE, OP_PING, OP_PONG))
 
@@ -120,10 +124,20 @@ class FrameDecoder:
     After a :class:`CloseReceived` all further input is ignored (§5.5.1).
     """
 
-    def __init__(self, max_message_size: int, *, require_mask: bool = True) -> None:
+    def __init__(
+        self,
+        max_message_size: int,
+        *,
+        require_mask: bool = True,
+        max_fragments: int = MAX_FRAGMENTS,
+    ) -> None:
         if max_message_size < 0:
             raise ValueError("max_message_size must not be negative")
+        if max_fragments < 1:
+            raise ValueError("max_fragments must be at least 1")
         self._max = max_message_size
+        self._max_fragments = max_fragments
+        self._frames = 0  # complete frames decoded, of every kind
         self._require_mask = require_mask
         # Bytes of an incomplete frame; complete frames are consumed within one feed.
         self._buf = bytearray()
@@ -138,6 +152,11 @@ class FrameDecoder:
     def buffered(self) -> int:
         """Bytes held for an incomplete frame (at most max(max_message_size, 125) + 14)."""
         return len(self._buf)
+
+    @property
+    def frames(self) -> int:
+        """Complete frames decoded so far (control frames and empty fragments included)."""
+        return self._frames
 
     @property
     def closed(self) -> bool:
@@ -206,6 +225,10 @@ class FrameDecoder:
                 if opcode == OP_CONT:
                     if self._frag_opcode is None:
                         raise _protocol_error("continuation frame without a message")
+                    if len(self._frag_parts) >= self._max_fragments:
+                        # 1009 like an oversized message: it is the message that is too big
+                        # to take in, counted in frames rather than bytes.
+                        raise FrameError(1009, "message in too many fragments")
                 elif opcode == OP_TEXT or opcode == OP_BINARY:
                     if self._frag_opcode is not None:
                         # §5.4: fragments of one message may not interleave with another.
@@ -240,6 +263,7 @@ class FrameDecoder:
             if masked:
                 payload = _xor_mask(payload, bytes(buf[pos + hdr - 4 : pos + hdr]))
             pos = stop
+            self._frames += 1
 
             if opcode == OP_TEXT or opcode == OP_BINARY:
                 if fin:

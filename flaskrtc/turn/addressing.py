@@ -77,6 +77,19 @@ class RelayAddressing:
         fallback = self.fallback_v4 if family == 4 else self.fallback_v6
         return bind, fallback
 
+    def host_addresses(self) -> list[str]:
+        """The host's addresses these rules name (``[turn] bind``, ``public_ip``, the
+        fallback): peers there are the host itself, denied unless they are live relays."""
+        named = (
+            self.bind_v4,
+            self.bind_v6,
+            self.public_v4,
+            self.public_v6,
+            self.fallback_v4,
+            self.fallback_v6,
+        )
+        return [canonical_ip(ip) for ip in dict.fromkeys(named) if not is_wildcard(ip)]
+
     def describe(self, pktinfo: bool) -> str:
         """One start-up line saying which rule gives relays their address."""
         if self.public_v4 or self.public_v6:

@@ -2,8 +2,13 @@
 
 An :class:`Allocation` is what the relay's hot path reads: ``channel_to_peer`` maps a
 ChannelData channel to its peer address, ``peer_to_channel`` the reverse, ``permissions``
-the peer IPs allowed through. They are plain dicts kept current by :class:`Allocations`, so
-the gevent shell forwards a packet with one or two dict look-ups and no parsing.
+the peer IPs allowed through on any port and ``relay_permissions`` the IPs allowed through
+only to and from this server's own live relay sockets (a permission won by the own-relay
+exception of :mod:`flaskrtc.turn.policy`). They are plain dicts kept current by
+:class:`Allocations`, so a packet is forwarded with one or two dict look-ups and no parsing.
+
+Quotas count allocations and the ports EVEN-PORT reserves for them alike, per user (the
+user part of a REST username), per client IP and in total.
 """
 
 from __future__ import annotations
@@ -82,62 +87,102 @@ class Allocation:
     """One client's allocation: its relay, lifetime, permissions and channels."""
 
     five_tuple: FiveTuple
-    username: str
+    username: str  # as the client sent it: a later request must use the same (RFC 8656 §5)
     key: bytes  # long-term key, to sign responses (RFC 8489 §9.2.4)
     relay: Relay
     expires: float
     transaction_id: bytes  # of the Allocate, to answer its retransmissions (§7.2)
     response: bytes = b""  # the success response, resent on retransmission
     permissions: dict[str, float] = field(default_factory=dict)  # peer ip -> expiry
+    # Peer IPs the policy denies, permitted only because a live relay of this server is
+    # there: datagrams go to and come from those relay addresses only, not any port.
+    relay_permissions: dict[str, float] = field(default_factory=dict)
     channel_to_peer: dict[int, Address] = field(default_factory=dict)
     peer_to_channel: dict[Address, int] = field(default_factory=dict)
     channel_expiry: dict[int, float] = field(default_factory=dict)
     shell: Any = None  # the shell's per-allocation state (socket reader greenlet)
+    user: str = ""  # the quota key: the user part of a REST username, a static user's name
+    reservation: bytes | None = None  # token of the port EVEN-PORT's R bit kept (§7.2)
 
     @property
     def family(self) -> int:
         """4 or 6: the relay's address family."""
         return 6 if ":" in self.relay.address[0] else 4
 
-    def permit(self, ip: str, now: float) -> None:
-        """Install or refresh the permission for ``ip`` (RFC 8656 §9, §10.2)."""
-        self.permissions[ip] = now + PERMISSION_LIFETIME
+    def permit(self, ip: str, now: float, *, relays_only: bool = False) -> None:
+        """Install or refresh the permission for ``ip`` (RFC 8656 §9, §10.2); with
+        ``relays_only`` it reaches this server's live relays at ``ip`` and nothing else.
+        An IP holds one kind at a time: the latest decision of the policy wins."""
+        if relays_only:
+            self.permissions.pop(ip, None)
+            self.relay_permissions[ip] = now + PERMISSION_LIFETIME
+        else:
+            self.relay_permissions.pop(ip, None)
+            self.permissions[ip] = now + PERMISSION_LIFETIME
 
-    def bind(self, channel: int, peer: Address, now: float) -> None:
+    def permitted_ips(self) -> int:
+        """How many peer IPs hold a permission of either kind (for max_permissions)."""
+        return len(self.permissions) + len(self.relay_permissions)
+
+    def has_permission(self, ip: str) -> bool:
+        """Whether ``ip`` holds a permission of either kind."""
+        return ip in self.permissions or ip in self.relay_permissions
+
+    def bind(self, channel: int, peer: Address, now: float, *, relays_only: bool = False) -> None:
         """Bind or refresh ``channel`` to ``peer``; also refreshes its permission (§12.2)."""
         self.channel_to_peer[channel] = peer
         self.peer_to_channel[peer] = channel
         self.channel_expiry[channel] = now + CHANNEL_LIFETIME
-        self.permit(peer[0], now)
+        self.permit(peer[0], now, relays_only=relays_only)
 
     def expire(self, now: float) -> None:
         """Drop expired permissions and channel bindings."""
-        for ip in [ip for ip, t in self.permissions.items() if t <= now]:
-            del self.permissions[ip]
+        for table in (self.permissions, self.relay_permissions):
+            for ip in [ip for ip, t in table.items() if t <= now]:
+                del table[ip]
         for channel in [c for c, t in self.channel_expiry.items() if t <= now]:
             peer = self.channel_to_peer.pop(channel)
             del self.peer_to_channel[peer]
             del self.channel_expiry[channel]
 
 
-@dataclass
+@dataclass(eq=False)
 class Reservation:
-    """A relay port kept for a later Allocate with RESERVATION-TOKEN (RFC 8656 §14.9)."""
+    """A relay port kept for a later Allocate with RESERVATION-TOKEN (RFC 8656 §14.9),
+    counted in the quotas of the allocation that made it and freed with it."""
 
     relay: Relay
     expires: float
+    owner: Allocation
+
+
+class LiveRelays:
+    """``address in live``: whether ``address`` is one of this server's live relay sockets,
+    by the address it is advertised with or the one it is bound to."""
+
+    __slots__ = ("_bound", "_public")
+
+    def __init__(self, public: dict[Address, Allocation], bound: dict[Address, Allocation]):
+        self._public, self._bound = public, bound
+
+    def __contains__(self, address: object) -> bool:
+        return address in self._public or address in self._bound
 
 
 class Allocations:
-    """Every live allocation, by five-tuple and by relay address, with quotas."""
+    """Every live allocation, by five-tuple and by relay address, with quota counts."""
 
     def __init__(self, ports: RelayPorts) -> None:
         self.ports = ports
         self.by_five_tuple: dict[FiveTuple, Allocation] = {}
         self.by_relay: dict[Address, Allocation] = {}  # by bound address (hot path)
         self.by_public: dict[Address, Allocation] = {}  # by advertised address (policy)
+        # Allocations plus reservations, per quota key; a key leaves with its last one, so
+        # the tables hold live keys only.
         self.per_user: dict[str, int] = {}
+        self.per_ip: dict[str, int] = {}
         self.reservations: dict[bytes, Reservation] = {}
+        self.live = LiveRelays(self.by_public, self.by_relay)
 
     def __len__(self) -> int:
         return len(self.by_five_tuple)
@@ -145,34 +190,73 @@ class Allocations:
     def __iter__(self) -> Iterator[Allocation]:
         return iter(list(self.by_five_tuple.values()))
 
+    @property
+    def total(self) -> int:
+        """Allocations and reservations: what holds a relay port (for total_quota)."""
+        return len(self.by_five_tuple) + len(self.reservations)
+
     def get(self, five_tuple: FiveTuple) -> Allocation | None:
         """The allocation of ``five_tuple``, if any."""
         return self.by_five_tuple.get(five_tuple)
+
+    def _count(self, owner: Allocation, delta: int) -> None:
+        for table, key in ((self.per_user, owner.user), (self.per_ip, owner.five_tuple.client[0])):
+            left = table.get(key, 0) + delta
+            if left > 0:
+                table[key] = left
+            else:
+                table.pop(key, None)
 
     def add(self, allocation: Allocation) -> None:
         """Register a new allocation."""
         self.by_five_tuple[allocation.five_tuple] = allocation
         self.by_relay[allocation.relay.address] = allocation
         self.by_public[allocation.relay.public] = allocation
-        self.per_user[allocation.username] = self.per_user.get(allocation.username, 0) + 1
+        self._count(allocation, 1)
 
     def remove(self, allocation: Allocation) -> None:
-        """Delete ``allocation`` and release its relay socket (once)."""
+        """Delete ``allocation``, its reservation, and release its relay socket (once)."""
         if self.by_five_tuple.pop(allocation.five_tuple, None) is None:
             return
         self.by_relay.pop(allocation.relay.address, None)
         self.by_public.pop(allocation.relay.public, None)
-        left = self.per_user.get(allocation.username, 1) - 1
-        if left:
-            self.per_user[allocation.username] = left
-        else:
-            self.per_user.pop(allocation.username, None)
+        self._count(allocation, -1)
         self.ports.close(allocation.relay)
+        if allocation.reservation is not None:
+            self.drop_reservation(allocation.reservation)
+
+    def reserve(self, token: bytes, relay: Relay, expires: float, owner: Allocation) -> None:
+        """Keep ``relay`` for a later Allocate with ``token``, on ``owner``'s quotas."""
+        self.reservations[token] = Reservation(relay, expires, owner)
+        owner.reservation = token
+        self._count(owner, 1)
+
+    def take_reservation(self, token: bytes) -> Reservation | None:
+        """Remove and return the reservation of ``token`` (its port stays open), or None."""
+        reservation = self.reservations.pop(token, None)
+        if reservation is not None:
+            self._count(reservation.owner, -1)
+            if reservation.owner.reservation == token:
+                reservation.owner.reservation = None
+        return reservation
+
+    def drop_reservation(self, token: bytes) -> None:
+        """Remove the reservation of ``token`` and close its port."""
+        reservation = self.take_reservation(token)
+        if reservation is not None:
+            self.ports.close(reservation.relay)
 
     def relay_addresses(self) -> dict[Address, Allocation]:
         """Live advertised relay addresses: peers use these to reach this server's relays,
         and the peer policy always lets them through."""
         return self.by_public
+
+    def clear(self) -> None:
+        """Remove every allocation and reservation (shutdown)."""
+        for allocation in self:
+            self.remove(allocation)
+        for token in list(self.reservations):
+            self.drop_reservation(token)
 
     def expire(self, now: float) -> list[Allocation]:
         """Remove expired allocations and reservations; prune the rest. Returns the removed."""
@@ -182,5 +266,5 @@ class Allocations:
         for allocation in self.by_five_tuple.values():
             allocation.expire(now)
         for token in [t for t, r in self.reservations.items() if r.expires <= now]:
-            self.ports.close(self.reservations.pop(token).relay)
+            self.drop_reservation(token)
         return gone

@@ -71,6 +71,29 @@ class Credentials:
             name: long_term_key(name, realm, password) for name, password in (users or {}).items()
         }
 
+    def user_of(self, username: str) -> str:
+        """The quota key of ``username``: a static user's name, or the user part of a REST
+        username ``<expiry>:<user>``, so that every fresh credential of one user shares one
+        quota. A bare-timestamp REST username (coturn's uclient sends them; /api/turn never
+        hands them out) has no user part and is its own key."""
+        if username in self._static:
+            return username
+        stamp, sep, user = username.partition(":")
+        return user if sep and stamp.isascii() and stamp.isdigit() else username
+
+    def failure(self, username: str, realm: str, now: float) -> str:
+        """Why ``username``/``realm`` has no key at ``now``: ``wrong-realm``, ``expired``
+        (a REST username past its expiry) or ``unknown-user``; ``wrong-password`` when it
+        has one (its MESSAGE-INTEGRITY must have failed)."""
+        if realm != self.realm:
+            return "wrong-realm"
+        if self.key_for(username, now) is not None:
+            return "wrong-password"
+        stamp = username.partition(":")[0]
+        if stamp.isascii() and stamp.isdigit() and len(stamp) <= 12:
+            return "expired"
+        return "unknown-user"
+
     def key_for(self, username: str, now: float) -> bytes | None:
         """The key for ``username`` at ``now``, or None (unknown user, expired credential)."""
         key = self._static.get(username)

@@ -3,17 +3,25 @@
 :meth:`TurnCore.handle` takes one STUN message or ChannelData from a client, its
 five-tuple and the time, and returns what to send: replies to the client and datagrams for
 peers. Relay sockets are opened through the injected :class:`RelayPorts`, so the core is
-tested with a fake and no sockets. The relay's hot path (ChannelData both ways) does not
-come through here: the shell reads the allocation's dicts directly.
+tested with a fake and no sockets. The relay's hot path has one implementation each way,
+here, which the shell calls per packet: :meth:`TurnCore.channel_data` (client to peer) and
+:meth:`TurnCore.from_peer` (peer to client); both check the permission the same way.
+
+Replies that are not signed (Binding, 401/438 challenges, 400 to malformed requests) go to
+whoever the source address claims to be, so over UDP they are rate limited per source IP
+(``Limits.unauth_rate``): the server cannot be used to reflect traffic at a spoofed address.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from flaskrtc.turn.addressing import canonical_ip, is_wildcard
 from flaskrtc.turn.allocation import (
     CHANNEL_MAX,
     CHANNEL_MIN,
@@ -27,7 +35,8 @@ from flaskrtc.turn.allocation import (
     Reservation,
 )
 from flaskrtc.turn.auth import Credentials, NonceCheck, Nonces
-from flaskrtc.turn.policy import PeerPolicy
+from flaskrtc.turn.policy import Access, PeerPolicy
+from flaskrtc.turn.ratelimit import TokenBuckets
 from flaskrtc.turn.stun import (
     ERROR_REASONS,
     Attr,
@@ -36,7 +45,6 @@ from flaskrtc.turn.stun import (
     Method,
     StunError,
     check_integrity,
-    decode_channel_data,
     is_channel_data,
     parse,
     serialize,
@@ -50,6 +58,15 @@ FAMILY_IPV4, FAMILY_IPV6 = 0x01, 0x02
 # Short reason phrases (stun.ERROR_REASONS): error responses go to unauthenticated sources
 # too, and must not be bigger than the request that caused them (no amplification).
 REASONS = ERROR_REASONS
+
+_CHANNEL_HEADER = struct.Struct("!HH")  # RFC 8656 §12.4: channel number, length
+
+# Authentication failures are logged one line each (for fail2ban), but a source guessing
+# passwords as fast as it can must not flood the log: per client IP a burst of 10, then one
+# line every 10 s; in all a burst of 100, then 20 lines a second.
+AUTH_LOG_BURST, AUTH_LOG_RATE = 10, 0.1
+AUTH_LOG_TOTAL_BURST, AUTH_LOG_TOTAL_RATE = 100, 20.0
+MAX_LOGGED_USER = 64  # characters of the username a failure line shows
 
 
 @dataclass(frozen=True)
@@ -83,14 +100,27 @@ class TurnError(Exception):
 
 @dataclass(frozen=True)
 class Limits:
-    """Quotas and lifetimes (RFC 8656 §7.2 defaults)."""
+    """Quotas, lifetimes (RFC 8656 §7.2 defaults) and the unauthenticated reply limit."""
 
     default_lifetime: int = 600
     max_lifetime: int = 3600
-    user_quota: int = 10  # 0 = unlimited
-    total_quota: int = 1000  # 0 = unlimited
+    # Allocations plus EVEN-PORT reservations; 0 = unlimited.
+    user_quota: int = 10  # per user (the user part of a REST username)
+    ip_quota: int = 20  # per client IP address
+    total_quota: int = 1000
     max_permissions: int = 64
     max_channels: int = 64
+    # Unsigned replies over UDP per source IP: a burst, then this many a second (0 = off).
+    unauth_rate: float = 10.0
+    unauth_burst: int = 20
+
+
+def log_text(text: str, limit: int = MAX_LOGGED_USER) -> str:
+    """``text`` for a double-quoted log field: at most ``limit`` characters, with
+    backslashes, quotes, control and non-ASCII characters escaped, so that a client-chosen
+    username can neither end the line nor fake another field."""
+    escaped = text[:limit].encode("unicode_escape").decode("ascii").replace('"', '\\"')
+    return escaped + ("..." if len(text) > limit else "")
 
 
 class TurnCore:
@@ -104,12 +134,23 @@ class TurnCore:
         nonces: Nonces,
         policy: PeerPolicy,
         limits: Limits = Limits(),
+        host_addresses: Iterable[str] = (),
     ) -> None:
+        """``host_addresses``: the host's own addresses known at start-up (the TURN listen
+        address, ``[turn] public_ip``); every address a relay is bound on or advertised
+        with is added as it is seen. Peers there are denied, except live relays."""
         self.allocations = Allocations(ports)
         self.credentials = credentials
         self.nonces = nonces
         self.policy = policy
         self.limits = limits
+        self.host_addresses: set[str] = set()
+        for ip in host_addresses:
+            self._learn_host_address(ip)
+        self._live = self.allocations.live
+        self._unauth = TokenBuckets(limits.unauth_rate, max(1, limits.unauth_burst))
+        self._auth_log = TokenBuckets(AUTH_LOG_RATE, AUTH_LOG_BURST)
+        self._auth_log_total = TokenBuckets(AUTH_LOG_TOTAL_RATE, AUTH_LOG_TOTAL_BURST, 1)
         self._handlers: dict[int, Any] = {
             Method.ALLOCATE: self._allocate,
             Method.REFRESH: self._refresh,
@@ -122,25 +163,81 @@ class TurnCore:
     def handle(self, data: bytes, five_tuple: FiveTuple, now: float) -> list[Effect]:
         """Handle one datagram (UDP) or one framed message (TCP/TLS) from a client."""
         if is_channel_data(data):
-            return self._channel_data(data, five_tuple)
+            allocation = self.allocations.get(five_tuple)
+            target = self.channel_data(allocation, data) if allocation is not None else None
+            if allocation is None or target is None:
+                return []
+            return [ToPeer(allocation, target[0], target[1])]
         try:
             msg = parse(data)
         except StunError as err:
             # A request with a sound header but bad attributes gets 400; anything else is
             # silently discarded (RFC 8489 §6.3).
             reply = err.error_response()
-            return [ToClient(serialize(reply))] if reply is not None else []
+            if reply is None or not self._may_answer(five_tuple, now):
+                return []
+            return [ToClient(serialize(reply))]
         if msg.cls == Class.REQUEST:
-            return [ToClient(self._request(msg, five_tuple, now))]
+            answer = self._request(msg, five_tuple, now)
+            return [ToClient(answer)] if answer is not None else []
         if msg.cls == Class.INDICATION and msg.method == Method.SEND:
             return self._send_indication(msg, five_tuple)
         return []  # responses and other indications are not for a server
 
+    def permitted(self, allocation: Allocation, peer: Address) -> bool:
+        """Whether ``allocation`` may exchange datagrams with ``peer`` (RFC 8656 §9): an IP
+        permission, or a relays-only one and ``peer`` is a live relay of this server."""
+        ip = peer[0]
+        return ip in allocation.permissions or (
+            ip in allocation.relay_permissions and peer in self._live
+        )
+
+    def channel_data(self, allocation: Allocation, data: bytes) -> tuple[Address, bytes] | None:
+        """``(peer, payload)`` for a ChannelData message from ``allocation``'s client (RFC
+        8656 §12.4; padding after the length is ignored, §12.5), or None to drop it: no
+        such channel, a length beyond the data, or no permission. The relay's hot path."""
+        if len(data) < 4:
+            return None
+        channel, length = _CHANNEL_HEADER.unpack_from(data)
+        peer = allocation.channel_to_peer.get(channel)
+        if peer is None or length > len(data) - 4:
+            return None
+        ip = peer[0]
+        if ip not in allocation.permissions and (
+            ip not in allocation.relay_permissions or peer not in self._live
+        ):
+            return None
+        return peer, data[4 : 4 + length]
+
+    def from_peer(
+        self, allocation: Allocation, peer: Address, data: bytes, pad: bool
+    ) -> bytes | None:
+        """What to send ``allocation``'s client for a datagram from ``peer``: ChannelData
+        when a channel is bound to ``peer`` (padded to 4 bytes when ``pad``: TCP/TLS,
+        §12.5), else a Data indication (§11.3); None when no permission lets it through.
+        The relay's hot path, peer to client."""
+        ip = peer[0]
+        if ip not in allocation.permissions and (
+            ip not in allocation.relay_permissions or peer not in self._live
+        ):
+            return None
+        channel = allocation.peer_to_channel.get(peer)
+        if channel is None:
+            return self._data_indication(peer, data)
+        size = len(data)
+        if pad and size & 3:
+            return _CHANNEL_HEADER.pack(channel, size) + data + b"\0" * (4 - (size & 3))
+        return _CHANNEL_HEADER.pack(channel, size) + data
+
     def data_indication(self, allocation: Allocation, peer: Address, data: bytes) -> bytes | None:
         """A Data indication for a peer datagram that has no channel (RFC 8656 §11.3),
         or None when no permission lets it through."""
-        if peer[0] not in allocation.permissions:
+        if not self.permitted(allocation, peer):
             return None
+        return self._data_indication(peer, data)
+
+    @staticmethod
+    def _data_indication(peer: Address, data: bytes) -> bytes:
         msg = Message(
             Method.DATA,
             Class.INDICATION,
@@ -155,13 +252,20 @@ class TurnCore:
 
     # -- requests ----------------------------------------------------------------------
 
-    def _request(self, msg: Message, ft: FiveTuple, now: float) -> bytes:
+    def _may_answer(self, ft: FiveTuple, now: float) -> bool:
+        # An unsigned reply over UDP may go to a spoofed source: rate limited per IP. A
+        # stream's peer has completed a TCP handshake, so it is who it says it is.
+        return ft.transport != "udp" or self._unauth.allow(ft.client[0], now)
+
+    def _request(self, msg: Message, ft: FiveTuple, now: float) -> bytes | None:
         fingerprint = Attr.FINGERPRINT in msg.attributes
         try:
             if msg.method == Method.BINDING:
                 # RFC 8489 §6.3.1: no authentication, the reflexive address back.
                 if msg.unknown_required:
                     raise TurnError(420, extra={Attr.UNKNOWN_ATTRIBUTES: msg.unknown_required})
+                if not self._may_answer(ft, now):
+                    return None
                 reply = msg.response(Class.SUCCESS, {Attr.XOR_MAPPED_ADDRESS: ft.client})
                 return serialize(reply, fingerprint=fingerprint)
             key, username = self._authenticate(msg, ft, now)
@@ -181,6 +285,8 @@ class TurnCore:
                     allocation.response = data
             return data
         except TurnError as err:
+            if err.key is None and not self._may_answer(ft, now):
+                return None
             log.debug(
                 "%s request %#05x from %s: error %d",
                 ft.transport,
@@ -215,18 +321,30 @@ class TurnCore:
             raise self._challenge(438, ft, now)
         key = self.credentials.key_for(username, now) if realm == self.credentials.realm else None
         if key is None or not check_integrity(msg, key):
-            log.debug(
-                "%s %s: %s for user %r realm %r",
-                ft.transport,
-                ft.client,
-                "unknown or expired credential" if key is None else "wrong password",
-                username,
-                realm,
-            )
+            reason = "wrong-password" if key is not None else None
+            self._log_auth_failure(ft, username, realm, reason, now)
             # Unknown user, expired REST credential, wrong realm or password: 401 (pion's 400
             # is wrong; RFC 8489 §9.2.4 says 401).
             raise self._challenge(401, ft, now)
         return key, username
+
+    def _log_auth_failure(
+        self, ft: FiveTuple, username: str, realm: str, reason: str | None, now: float
+    ) -> None:
+        # One WARNING line per failure, in a fixed format for fail2ban (see README), within
+        # the per-IP and total log budgets. The 401 challenge to a first request without
+        # credentials is not a failure and never gets here.
+        ip = ft.client[0]
+        if not (self._auth_log.allow(ip, now) and self._auth_log_total.allow("", now)):
+            return
+        log.warning(
+            'turn auth failure: client=%s port=%d transport=%s user="%s" reason=%s',
+            ip,
+            ft.client[1],
+            ft.transport,
+            log_text(username),
+            reason or self.credentials.failure(username, realm, now),
+        )
 
     def _own(self, ft: FiveTuple, key: bytes, username: str) -> Allocation:
         allocation = self.allocations.get(ft)
@@ -276,18 +394,20 @@ class TurnCore:
         ports = self.allocations.ports
         if not ports.supports(family):
             raise TurnError(440, key=key)
-        limits = self.limits
-        if (
-            limits.user_quota and self.allocations.per_user.get(username, 0) >= limits.user_quota
-        ) or (limits.total_quota and len(self.allocations) >= limits.total_quota):
-            raise TurnError(486, key=key)
+        user = self.credentials.user_of(username)
+        reservation: Reservation | None = None
+        if token is not None:
+            reservation = self.allocations.reservations.get(token)
+            if reservation is None:
+                raise TurnError(508, key=key)
+        # The R bit keeps a second port: it counts in the quotas as much as an allocation.
+        self._check_quotas(user, ft.client[0], 2 if even is True else 1, reservation, key)
 
         extra: dict[int, Any] = {}
         relay: Relay | None
-        if token is not None:
-            reservation = self.allocations.reservations.pop(token, None)
-            if reservation is None:
-                raise TurnError(508, key=key)
+        kept: Relay | None = None
+        if reservation is not None and token is not None:
+            self.allocations.take_reservation(token)
             relay = reservation.relay
         elif even is not None:
             relay = ports.open(family, even=True, local=ft.server[0])
@@ -295,24 +415,15 @@ class TurnCore:
                 raise TurnError(508, key=key)
             if even:
                 # R bit: keep the next port too, for the RTCP allocation (§7.2, §14.6).
-                nxt = ports.open(family, port=relay.address[1] + 1, local=ft.server[0])
-                if nxt is None:
+                kept = ports.open(family, port=relay.address[1] + 1, local=ft.server[0])
+                if kept is None:
                     ports.close(relay)
                     raise TurnError(508, key=key)
-                reservation_token = secrets.token_bytes(8)
-                self.allocations.reservations[reservation_token] = Reservation(
-                    nxt, now + RESERVATION_LIFETIME
-                )
-                extra[Attr.RESERVATION_TOKEN] = reservation_token
         else:
             relay = ports.open(family, local=ft.server[0])
             if relay is None:
                 raise TurnError(508, key=key)
         assert relay is not None
-        additional = attrs.get(Attr.ADDITIONAL_ADDRESS_FAMILY)
-        if additional is not None:
-            # Dual allocation (RFC 8656 §7.2) is not offered: say so for the second family.
-            extra[Attr.ADDRESS_ERROR_CODE] = (additional, 440, REASONS[440])
 
         lifetime = self._lifetime(msg)
         allocation = Allocation(
@@ -322,8 +433,23 @@ class TurnCore:
             relay=relay,
             expires=now + lifetime,
             transaction_id=msg.transaction_id,
+            user=user,
         )
         self.allocations.add(allocation)
+        for opened in (relay, kept):
+            if opened is not None:
+                self._learn_host_address(opened.address[0])
+                self._learn_host_address(opened.public[0])
+        if kept is not None:
+            reservation_token = secrets.token_bytes(8)
+            self.allocations.reserve(
+                reservation_token, kept, now + RESERVATION_LIFETIME, allocation
+            )
+            extra[Attr.RESERVATION_TOKEN] = reservation_token
+        additional = attrs.get(Attr.ADDITIONAL_ADDRESS_FAMILY)
+        if additional is not None:
+            # Dual allocation (RFC 8656 §7.2) is not offered: say so for the second family.
+            extra[Attr.ADDRESS_ERROR_CODE] = (additional, 440, REASONS[440])
         log.debug("allocation %s for %s via %s", relay.public, username, ft.client)
         return {
             Attr.XOR_RELAYED_ADDRESS: relay.public,
@@ -331,6 +457,51 @@ class TurnCore:
             Attr.LIFETIME: lifetime,
             Attr.XOR_MAPPED_ADDRESS: ft.client,
         }
+
+    def _check_quotas(
+        self, user: str, ip: str, need: int, reservation: Reservation | None, key: bytes
+    ) -> None:
+        """486 unless ``need`` more relay ports fit ``user``'s, ``ip``'s and the total
+        quota (RFC 8656 §7.2); a reservation being taken over is already counted."""
+        limits, allocations = self.limits, self.allocations
+        taken_user = taken_ip = taken = 0
+        if reservation is not None:
+            owner = reservation.owner
+            taken = 1
+            taken_user = int(owner.user == user)
+            taken_ip = int(owner.five_tuple.client[0] == ip)
+        if (
+            (
+                limits.user_quota
+                and allocations.per_user.get(user, 0) - taken_user + need > limits.user_quota
+            )
+            or (
+                limits.ip_quota
+                and allocations.per_ip.get(ip, 0) - taken_ip + need > limits.ip_quota
+            )
+            or (limits.total_quota and allocations.total - taken + need > limits.total_quota)
+        ):
+            raise TurnError(486, key=key)
+
+    def _learn_host_address(self, ip: str) -> None:
+        """Add ``ip`` to the host's own addresses (denied as peers, except live relays)."""
+        if is_wildcard(ip):
+            return
+        try:
+            ip = canonical_ip(ip)
+        except ValueError:
+            return
+        if ip in self.host_addresses:
+            return
+        self.host_addresses.add(ip)
+        if self.policy.classify(ip, own=self.host_addresses) is Access.OPEN:
+            return  # [turn] allowed_peer_ip lists it
+        # A permission given before this address was known to be the host's may no longer
+        # reach any port there: from now on only the relays.
+        for allocation in self.allocations:
+            expires = allocation.permissions.pop(ip, None)
+            if expires is not None:
+                allocation.relay_permissions[ip] = expires
 
     def _refresh(
         self, msg: Message, ft: FiveTuple, now: float, key: bytes, username: str
@@ -351,14 +522,16 @@ class TurnCore:
         allocation.expires = now + lifetime
         return {Attr.LIFETIME: lifetime}
 
-    def _peer(self, allocation: Allocation, peer: Any, key: bytes) -> Address:
+    def _peer(self, allocation: Allocation, peer: Any, key: bytes) -> tuple[Address, bool]:
+        """``(peer, relays_only)`` for a requested peer address, or 400/443/403."""
         if not isinstance(peer, tuple):
             raise TurnError(400, key=key)
         if (6 if ":" in peer[0] else 4) != allocation.family:
             raise TurnError(443, key=key)
-        if not self.policy.permits(peer[0], self.allocations.relay_addresses(), peer[1]):
+        access = self.policy.classify(peer[0], peer[1], self._live, self.host_addresses)
+        if access is Access.DENIED:
             raise TurnError(403, key=key)
-        return peer
+        return peer, access is Access.RELAYS_ONLY
 
     def _create_permission(
         self, msg: Message, ft: FiveTuple, now: float, key: bytes, username: str
@@ -369,11 +542,11 @@ class TurnCore:
             raise TurnError(400, key=key)
         # RFC 8656 §10.2: all or nothing.
         checked = [self._peer(allocation, peer, key) for peer in peers]
-        new = {ip for ip, _ in checked if ip not in allocation.permissions}
-        if len(allocation.permissions) + len(new) > self.limits.max_permissions:
+        new = {peer[0] for peer, _ in checked if not allocation.has_permission(peer[0])}
+        if allocation.permitted_ips() + len(new) > self.limits.max_permissions:
             raise TurnError(508, key=key)
-        for ip, _ in checked:
-            allocation.permit(ip, now)
+        for peer, relays_only in checked:
+            allocation.permit(peer[0], now, relays_only=relays_only)
         return {}
 
     def _channel_bind(
@@ -384,7 +557,7 @@ class TurnCore:
         if not isinstance(channel, int) or not CHANNEL_MIN <= channel <= CHANNEL_MAX:
             log.debug("%s %s: channel number %r out of range", ft.transport, ft.client, channel)
             raise TurnError(400, key=key)
-        peer = self._peer(allocation, msg.attributes.get(Attr.XOR_PEER_ADDRESS), key)
+        peer, relays_only = self._peer(allocation, msg.attributes.get(Attr.XOR_PEER_ADDRESS), key)
         # §12.2: a channel is bound to one peer and a peer to one channel, for its lifetime.
         bound_peer = allocation.channel_to_peer.get(channel)
         bound_channel = allocation.peer_to_channel.get(peer)
@@ -394,11 +567,11 @@ class TurnCore:
             raise TurnError(400, key=key)
         if bound_peer is None and len(allocation.channel_to_peer) >= self.limits.max_channels:
             raise TurnError(508, key=key)
-        if peer[0] not in allocation.permissions and (
-            len(allocation.permissions) >= self.limits.max_permissions
+        if not allocation.has_permission(peer[0]) and (
+            allocation.permitted_ips() >= self.limits.max_permissions
         ):
             raise TurnError(508, key=key)
-        allocation.bind(channel, peer, now)
+        allocation.bind(channel, peer, now, relays_only=relays_only)
         return {}
 
     # -- indications and channel data --------------------------------------------------
@@ -410,20 +583,6 @@ class TurnCore:
         data = msg.attributes.get(Attr.DATA)
         if allocation is None or not isinstance(peer, tuple) or not isinstance(data, bytes):
             return []
-        if peer[0] not in allocation.permissions:
+        if not self.permitted(allocation, peer):
             return []
         return [ToPeer(allocation, peer, data)]
-
-    def _channel_data(self, data: bytes, ft: FiveTuple) -> list[Effect]:
-        # The slow path for ChannelData (the shell normally forwards it itself).
-        allocation = self.allocations.get(ft)
-        if allocation is None:
-            return []
-        try:
-            channel, payload = decode_channel_data(data)
-        except StunError:
-            return []
-        peer = allocation.channel_to_peer.get(channel)
-        if peer is None or peer[0] not in allocation.permissions:
-            return []
-        return [ToPeer(allocation, peer, payload)]

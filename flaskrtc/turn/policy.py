@@ -6,14 +6,21 @@ open relay is a way in: to the host's own loopback services, to the cloud metada
 403 (Forbidden); coturn learnt the hard way that a deny list must also catch IPv6 spellings of
 IPv4 addresses (CVE-2020-26262: ``::ffff:127.0.0.1`` and ``0.0.0.0`` reached loopback).
 :class:`PeerPolicy` decides those 403s and which relayed packets are dropped.
+
+The host's own addresses (where its relays and listeners are bound, ``[turn] public_ip``) are
+denied too, since a relay sending to them reaches the host's services from inside; the one
+exception is this server's own live relay sockets, which clients of one server use to reach
+each other. A permission won by that exception is :attr:`Access.RELAYS_ONLY`: it must reach
+those relay sockets and nothing else at that IP (RFC 8656 permissions cover a whole IP).
 """
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 from collections.abc import Container, Iterable
 
-__all__ = ["DEFAULT_DENIED", "PeerPolicy"]
+__all__ = ["DEFAULT_DENIED", "Access", "PeerPolicy"]
 
 # Denied unless exempted by ``allowed``. Private ranges (10/8, 172.16/12, 192.168/16, fc00::/7,
 # 100.64/10) are deliberately absent: relaying inside a LAN is a normal use.
@@ -90,6 +97,14 @@ def _parse(entries: Iterable[str], what: str) -> tuple[tuple[_Net, ...], tuple[_
     return table(ipaddress.collapse_addresses(v4)), table(ipaddress.collapse_addresses(v6))
 
 
+class Access(enum.Enum):
+    """What the policy lets the relay do with a peer address."""
+
+    DENIED = "denied"  # 403
+    OPEN = "open"  # any port of that IP
+    RELAYS_ONLY = "relays-only"  # only this server's live relay addresses at that IP
+
+
 def _member(n: int, nets: tuple[_Net, ...]) -> bool:
     for first, mask in nets:
         if n & mask == first:
@@ -121,39 +136,64 @@ class PeerPolicy:
         ip: str,
         relay_addresses: Container[tuple[str, int]] | None = None,
         port: int | None = None,
+        own: Container[str] = (),
     ) -> bool:
         """Whether the relay may send to ``ip`` (and ``port``); False for unparseable input.
 
         ``relay_addresses`` holds this server's live relayed addresses as ``(ip, port)`` with
         ``ip`` in canonical ``str(ipaddress.ip_address(...))`` form; a peer that is one of them
-        is always permitted, so two clients of one server can reach each other.
+        is always permitted, so two clients of one server can reach each other. See
+        :meth:`classify` for ``own`` and for what such a permission may reach.
+        """
+        return self.classify(ip, port, relay_addresses, own) is not Access.DENIED
+
+    def classify(
+        self,
+        ip: str,
+        port: int | None = None,
+        relay_addresses: Container[tuple[str, int]] | None = None,
+        own: Container[str] = (),
+    ) -> Access:
+        """How the relay may use peer ``ip`` (asked for with ``port``).
+
+        ``own`` holds the host's own addresses in canonical form: denied like loopback unless
+        ``allowed`` lists them. A denied ``(ip, port)`` that is in ``relay_addresses`` (a live
+        relay of this server) is :attr:`Access.RELAYS_ONLY`.
         """
         if not isinstance(ip, str):
-            return False
+            return Access.DENIED
         try:
             # Rejects leading-zero octets like "0127.0.0.1" too (CVE-2021-29921, Python 3.9.5+).
             address = ipaddress.ip_address(ip)
         except ValueError:
-            return False
+            return Access.DENIED
         n = int(address)  # drops any "%scope" suffix, which routing to a peer does not need
         if address.version == 4:
-            if relay_addresses is not None and port is not None:
-                if (str(address), port) in relay_addresses:
-                    return True
-            return not self._denied4(n)
-
-        embedded = _embedded_v4(n)
-        if relay_addresses is not None and port is not None:
+            canonical = str(address)
+            blocked = self._denied4(n) or (canonical in own and not _member(n, self._allow4))
+        else:
+            embedded = _embedded_v4(n)
             # Only the mapped form is the same socket address; 6to4/NAT64 go via a gateway.
             if n >> 32 == _MAPPED and embedded is not None:
-                own = str(ipaddress.IPv4Address(embedded))
+                canonical = str(ipaddress.IPv4Address(embedded))
             else:
-                own = str(ipaddress.IPv6Address(n))
-            if (own, port) in relay_addresses:
-                return True
+                canonical = str(ipaddress.IPv6Address(n))
+            blocked = self._denied6(n, embedded, own)
+        if not blocked:
+            return Access.OPEN
+        if relay_addresses is not None and port is not None:
+            if (canonical, port) in relay_addresses:
+                return Access.RELAYS_ONLY
+        return Access.DENIED
+
+    def _denied6(self, n: int, embedded: int | None, own: Container[str]) -> bool:
         if _member(n, self._allow6):
+            return False
+        if _member(n, self._deny6) or str(ipaddress.IPv6Address(n)) in own:
             return True
-        if _member(n, self._deny6):
+        if embedded is None:
             return False
         # The IPv4 address behind an IPv6 spelling gets the IPv4 rules (CVE-2020-26262).
-        return embedded is None or not self._denied4(embedded)
+        if self._denied4(embedded):
+            return True
+        return str(ipaddress.IPv4Address(embedded)) in own and not _member(embedded, self._allow4)

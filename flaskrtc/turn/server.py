@@ -1,9 +1,10 @@
 """The gevent shell of the TURN server: UDP, TCP and TLS listeners and relay sockets.
 
 Only bytes move here. STUN requests go to :class:`flaskrtc.turn.core.TurnCore`; the hot
-path, ChannelData in both directions, is forwarded right here with two dict look-ups on the
-allocation the core keeps current, no per-packet greenlet and no parsing beyond the 4-byte
-ChannelData header (RFC 8656 §12.4).
+path, ChannelData in both directions, is one call per packet into the core
+(:meth:`~flaskrtc.turn.core.TurnCore.channel_data`, :meth:`~flaskrtc.turn.core.TurnCore.from_peer`):
+a few dict look-ups on the allocation, no per-packet greenlet and no parsing beyond the
+4-byte ChannelData header (RFC 8656 §12.4).
 
 gevent traps handled: ``DatagramServer`` reads with ``recvfrom(8192)`` (raised to 65535
 here) and, with ``spawn=None``, stops reading for a while after an exception in ``handle``,
@@ -37,11 +38,37 @@ from flaskrtc.turn.stun import StunError, next_frame_length, stream_starts_with_
 log = logging.getLogger("flaskrtc.turn")
 
 MAX_DATAGRAM = 65535
-# A TCP/TLS client that sends no complete frame for this long (or a frame this large that
-# is no STUN or ChannelData) is closed: it holds a socket and buffer for nothing.
+# A TCP/TLS client without an allocation that sends nothing for this long (or a frame this
+# large that is no STUN or ChannelData) is closed: it holds a socket and buffer for nothing.
+# Once it has an allocation, the allocation's lifetime governs (RFC 8656 §5): expiry closes
+# the stream, however quiet the client was (a phone ringing for a minute sends nothing).
 STREAM_IDLE_TIMEOUT = 60.0
+SWEEP_INTERVAL = 1.0  # seconds between expiry sweeps
 MAX_STREAM_BUFFER = 65536 + 4
-_CHANNEL_HEADER = struct.Struct("!HH")
+
+# recvfrom errors that report an ICMP error for an earlier send (port or host unreachable):
+# the socket is fine, so keep reading. Windows reports ICMP port unreachable on an
+# unconnected UDP socket as WSAECONNRESET (10054) and TTL expiry as WSAENETRESET (10052);
+# Linux reports them (with IP_RECVERR) as ECONNREFUSED, EHOSTUNREACH and the like.
+TRANSIENT_RECV_ERRORS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.EHOSTDOWN,
+        errno.ENETDOWN,
+        errno.ENETRESET,
+        errno.EPROTO,
+        10052,  # WSAENETRESET
+        10054,  # WSAECONNRESET
+    }
+)
+
+
+def transient(err: OSError) -> bool:
+    """Whether a UDP ``recvfrom`` error only reports an ICMP error for an earlier send."""
+    return err.errno in TRANSIENT_RECV_ERRORS or getattr(err, "winerror", None) in (10052, 10054)
 
 
 class RelaySocket:
@@ -146,6 +173,14 @@ class ClientLink:
         # or a NAT in front of the client drops the reply of a multi-homed host.
         self.cmsg = cmsg
 
+    def close(self) -> None:
+        """End a TCP/TLS client's stream (its reader then cleans up); nothing for UDP."""
+        if self.stream:
+            try:
+                self.raw.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def send(self, data: bytes) -> None:
         """Send to the client; a full UDP buffer drops the datagram, as the network would."""
         try:
@@ -165,9 +200,18 @@ class ClientLink:
 class TurnServer:
     """Owns the core, the listeners and every relay socket's reader."""
 
-    def __init__(self, core: TurnCore, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        core: TurnCore,
+        *,
+        clock: Callable[[], float] = time.time,
+        stream_idle_timeout: float = STREAM_IDLE_TIMEOUT,
+        sweep_interval: float = SWEEP_INTERVAL,
+    ) -> None:
         self.core = core
         self.clock = clock
+        self.stream_idle_timeout = stream_idle_timeout
+        self.sweep_interval = sweep_interval
         self.servers: list[Any] = []
         self._sweeper: gevent.Greenlet[Any] | None = None
         self.udp_address: Address | None = None
@@ -183,15 +227,17 @@ class TurnServer:
 
     def _relay_loop(self, relay: RelaySocket) -> None:
         by_relay = self.core.allocations.by_relay
+        from_peer = self.core.from_peer
         recvfrom = relay.sock.recvfrom
         allocation: Allocation | None = None
         link: ClientLink | None = None
-        pack = _CHANNEL_HEADER.pack
         while True:
             try:
                 data, peer = recvfrom(MAX_DATAGRAM)
-            except OSError:
-                return
+            except OSError as err:
+                if transient(err):
+                    continue  # an ICMP error for an earlier send: the relay goes on
+                return  # closed
             if allocation is None or link is None:
                 allocation = by_relay.get(relay.address)
                 if allocation is None or allocation.relay is not relay:
@@ -203,17 +249,9 @@ class TurnServer:
             if len(peer) > 2:
                 peer = peer[:2]  # IPv6: drop flowinfo and scope id
             try:
-                channel = allocation.peer_to_channel.get(peer)
-                if channel is not None and peer[0] in allocation.permissions:
-                    header = pack(channel, len(data))
-                    if link.pad and len(data) % 4:
-                        link.send(header + data + b"\0" * (4 - len(data) % 4))
-                    else:
-                        link.send(header + data)
-                else:
-                    indication = self.core.data_indication(allocation, peer, data)
-                    if indication is not None:
-                        link.send(indication)
+                out = from_peer(allocation, peer, data, link.pad)
+                if out is not None:
+                    link.send(out)
             except Exception:  # never let one packet end the relay
                 log.exception("relay %s: dropping a packet from %s", relay.address, peer)
 
@@ -224,16 +262,14 @@ class TurnServer:
         five_tuple = link.five_tuple
         if data and data[0] & 0xC0 == 0x40:
             allocation = self.core.allocations.by_five_tuple.get(five_tuple)
-            if allocation is None or len(data) < 4:
+            if allocation is None:
                 return
-            channel, length = _CHANNEL_HEADER.unpack_from(data)
-            peer = allocation.channel_to_peer.get(channel)
-            if peer is None or peer[0] not in allocation.permissions or length > len(data) - 4:
-                return
-            try:
-                allocation.relay.raw.sendto(data[4 : 4 + length], peer)
-            except OSError:
-                pass  # full buffer or unreachable peer: UDP drops it
+            target = self.core.channel_data(allocation, data)
+            if target is not None:
+                try:
+                    allocation.relay.raw.sendto(target[1], target[0])
+                except OSError:
+                    pass  # full buffer or unreachable peer: UDP drops it
             return
         for effect in self.core.handle(data, five_tuple, self.clock()):
             if isinstance(effect, ToClient):
@@ -290,12 +326,18 @@ class TurnServer:
 
     def _sweep(self) -> None:
         while True:
-            gevent.sleep(1.0)
-            try:
-                for allocation in self.core.expire(self.clock()):
-                    log.debug("allocation %s expired", allocation.relay.public)
-            except Exception:
-                log.exception("expiry sweep failed")
+            gevent.sleep(self.sweep_interval)
+            self.sweep()
+
+    def sweep(self) -> None:
+        """Expire what is due; an expired TCP/TLS allocation takes its stream with it."""
+        try:
+            for allocation in self.core.expire(self.clock()):
+                log.debug("allocation %s expired", allocation.relay.public)
+                if isinstance(allocation.shell, ClientLink):
+                    allocation.shell.close()
+        except Exception:
+            log.exception("expiry sweep failed")
 
     def stop(self) -> None:
         """Close listeners and every allocation's relay socket."""
@@ -303,11 +345,7 @@ class TurnServer:
             self._sweeper.kill(block=False)
         for server in self.servers:
             server.stop(timeout=1)
-        for allocation in self.core.allocations:
-            self.core.allocations.remove(allocation)
-        for reservation in list(self.core.allocations.reservations.values()):
-            self.core.allocations.ports.close(reservation.relay)
-        self.core.allocations.reservations.clear()
+        self.core.allocations.clear()
 
     def _stream_handler(self, transport: str) -> Callable[[Any, Any], None]:
         def handle(sock: Any, address: Any) -> None:
@@ -327,9 +365,13 @@ class TurnServer:
         link = ClientLink(five_tuple, sock, stream=True)
         buf = bytearray()
         opened = False  # set once the stream has shown it starts with STUN
+        allocations = self.core.allocations
         try:
             while True:
-                with gevent.Timeout(STREAM_IDLE_TIMEOUT, False):
+                # The idle limit holds only while the stream has no allocation (before its
+                # first Allocate, or after a Refresh to 0); then the lifetime governs.
+                idle = self.stream_idle_timeout if allocations.get(five_tuple) is None else None
+                with gevent.Timeout(idle, False):
                     chunk = sock.recv(65536)
                     if not chunk:
                         return
@@ -447,7 +489,7 @@ class _UdpListener(DatagramServer):  # type: ignore[misc]
         except OSError as err:
             if err.args[0] in (errno.EWOULDBLOCK, errno.EAGAIN):
                 return None
-            if err.args[0] in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+            if transient(err):
                 return None  # an ICMP error for an earlier send; keep reading
             raise
 

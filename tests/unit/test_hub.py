@@ -304,8 +304,10 @@ def test_storm_of_joins_costs_far_less_than_naive_broadcast() -> None:
     def count(actions: list[Action]) -> int:
         size = 0
         for action in actions:
+            # A join storm sends lists and nothing else: no close, no error, no leave.
+            assert not isinstance(action, Close), action
+            assert json.loads(action.text)["type"] == "peers", action
             conns = action.conns if isinstance(action, Broadcast) else (action.conn,)
-            assert isinstance(action, Send | Broadcast)
             for conn in conns:
                 size += len(action.text)
                 holds[conn] = len(json.loads(action.text)["data"])
@@ -345,3 +347,59 @@ def test_newcomer_is_not_sent_the_same_list_twice() -> None:
     w.take("c3")
     w.tick(1.0)
     assert w.last_peers("c3") == ["2", "3"]
+
+
+# -- connections bound to one id by their token ([auth] secret) ------------------------------
+
+
+def test_bound_connection_registers_its_own_id_only() -> None:
+    w = Wire()
+    w.join("c0", "other")
+    w.take("c0")
+    w.hub.bind("c1", "alice")
+    w.join("c1", "mallory")
+    got = w.take("c1")
+    assert got == [
+        {
+            "type": "error",
+            "data": {"request": "new", "reason": "your token is for id 'alice', not 'mallory'"},
+        }
+    ]
+    assert w.hub.peer_of("c1") is None and w.hub.peer_ids() == ["other"]
+    assert w.take("c0") == [] and w.closed == {}  # refused, not closed: it may try again
+    w.join("c1", "alice")
+    assert w.hub.peer_of("c1") == "alice"
+    assert w.last_peers("c0") == ["other", "alice"]
+
+
+def test_bound_connection_cannot_take_over_another_id() -> None:
+    w = Wire()
+    w.hub.bind("a", "alice")
+    w.join("a", "alice")
+    w.hub.bind("m", "mallory")
+    w.join("m", "alice")  # a token for mallory does not get alice's id
+    assert w.take("m")[0]["type"] == "error"
+    assert w.closed == {} and w.hub.peer_of("a") == "alice"
+    assert w.hub.peer_ids() == ["alice"]
+
+
+def test_bound_connection_with_the_same_id_takes_over_its_ghost() -> None:
+    # An app reconnecting after a network drop, with a token for its own id.
+    w = Wire()
+    w.hub.bind("old", "alice")
+    w.join("old", "alice")
+    w.hub.bind("new", "alice")
+    w.join("new", "alice")
+    assert w.closed == {"old": CLOSE_TAKEN_OVER}
+    assert w.hub.peer_of("new") == "alice"
+
+
+def test_binding_is_forgotten_with_the_connection() -> None:
+    hub = Hub()
+    hub.bind("c1", "alice")
+    hub.disconnect("c1", 0.0)
+    assert hub._bound == {}
+    # Unbound connections keep today's rules: any id.
+    w = Wire(hub)
+    w.join("c1", "bob")
+    assert w.hub.peer_of("c1") == "bob"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from flaskrtc.config import load_config
-from flaskrtc.turn.policy import DEFAULT_DENIED, PeerPolicy
+from flaskrtc.turn.policy import DEFAULT_DENIED, Access, PeerPolicy
 
 DEFAULT = PeerPolicy()
 
@@ -264,6 +264,54 @@ def test_relay_addresses_any_container() -> None:
     live = Live()
     assert DEFAULT.permits("127.0.0.1", live, 1) is True
     assert live.asked == [("127.0.0.1", 1)]
+
+
+# --- the host's own addresses, and what the own-relay exception may reach (issue 10) -------
+
+OWN = {"203.0.113.7", "2001:db8::7"}
+
+
+def test_own_host_addresses_are_denied_like_loopback() -> None:
+    assert DEFAULT.classify("203.0.113.7", 22, own=OWN) is Access.DENIED
+    assert DEFAULT.classify("203.0.113.8", 22, own=OWN) is Access.OPEN
+    assert DEFAULT.classify("2001:db8::7", 22, own=OWN) is Access.DENIED
+    assert DEFAULT.classify("2001:db8:0::7", 22, own=OWN) is Access.DENIED  # canonicalised
+    assert DEFAULT.classify("2001:db8::8", 22, own=OWN) is Access.OPEN
+    assert DEFAULT.permits("203.0.113.7", own=OWN) is False
+    assert DEFAULT.permits("203.0.113.7") is True  # without ``own``: an ordinary address
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["::ffff:203.0.113.7", "::203.0.113.7", "64:ff9b::203.0.113.7", "2002:cb00:7107::1"],
+)
+def test_ipv6_spellings_of_an_own_ipv4_address_are_denied(spelling: str) -> None:
+    assert DEFAULT.classify(spelling, 22, own=OWN) is Access.DENIED
+    assert DEFAULT.classify(spelling, 22) is Access.OPEN
+
+
+def test_allowed_exempts_own_addresses() -> None:
+    policy = PeerPolicy(allowed=["203.0.113.7", "2001:db8::7"])
+    assert policy.classify("203.0.113.7", 22, own=OWN) is Access.OPEN
+    assert policy.classify("::ffff:203.0.113.7", 22, own=OWN) is Access.OPEN
+    assert policy.classify("2001:db8::7", 22, own=OWN) is Access.OPEN
+    assert PeerPolicy(allowed=["203.0.113.7"]).classify("64:ff9b::cb00:7107", 1, own=OWN) is (
+        Access.OPEN
+    )
+
+
+def test_denied_relay_address_is_relays_only_and_open_one_is_open() -> None:
+    relays = {("127.0.0.1", 50000), ("203.0.113.7", 50002), ("8.8.8.8", 50004)}
+    assert DEFAULT.classify("127.0.0.1", 50000, relays) is Access.RELAYS_ONLY
+    assert DEFAULT.classify("127.0.0.1", 50001, relays) is Access.DENIED
+    assert DEFAULT.classify("203.0.113.7", 50002, relays, OWN) is Access.RELAYS_ONLY
+    assert DEFAULT.classify("203.0.113.7", 50003, relays, OWN) is Access.DENIED
+    assert DEFAULT.classify("::ffff:127.0.0.1", 50000, relays) is Access.RELAYS_ONLY
+    # A relay on an address peers may reach anyway gains nothing from the exception.
+    assert DEFAULT.classify("8.8.8.8", 50004, relays) is Access.OPEN
+    assert DEFAULT.classify("127.0.0.1", None, relays) is Access.DENIED
+    assert DEFAULT.classify("not an ip", 50000, relays) is Access.DENIED
+    assert DEFAULT.classify(None, 50000, relays) is Access.DENIED  # type: ignore[arg-type]
 
 
 # --- construction ----------------------------------------------------------------------------

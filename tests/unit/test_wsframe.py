@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flaskrtc.signal.wsframe import (
+    MAX_FRAGMENTS,
     OP_BINARY,
     OP_CLOSE,
     OP_CONT,
@@ -270,7 +271,14 @@ def test_unknown_opcodes_are_protocol_errors(opcode: int) -> None:
 
 @pytest.mark.parametrize("opcode", [OP_CLOSE, OP_PING, OP_PONG])
 def test_control_frame_payload_over_125_is_protocol_error(opcode: int) -> None:
-    assert decode(client(opcode, b"\x03\xe8" + b"x" * 123))  # exactly 125 is fine
+    # Exactly 125 is fine.
+    [event] = decode(client(opcode, b"\x03\xe8" + b"x" * 123))
+    expected = {
+        OP_CLOSE: CloseReceived(1000, "x" * 123),
+        OP_PING: Ping(b"\x03\xe8" + b"x" * 123),
+        OP_PONG: Pong(b"\x03\xe8" + b"x" * 123),
+    }
+    assert event == expected[opcode]
     frame = client(opcode, b"\x03\xe8" + b"x" * 124)
     assert error_code(frame) == 1002
     assert error_code(frame[:2]) == 1002  # known from the 7-bit length alone
@@ -378,6 +386,53 @@ def test_incomplete_frame_buffer_stays_within_cap_plus_header() -> None:
 def test_negative_cap_is_rejected() -> None:
     with pytest.raises(ValueError):
         FrameDecoder(-1)
+    with pytest.raises(ValueError):
+        FrameDecoder(BIG, max_fragments=0)
+
+
+# -- fragment cap ------------------------------------------------------------------------
+
+
+def test_empty_continuation_frames_are_capped() -> None:
+    # The size cap never grows with empty fragments: without a count they pile up for ever.
+    decoder = FrameDecoder(BIG)
+    assert decoder.feed(client(OP_TEXT, b"", fin=False)) == []
+    assert decoder.feed(client(OP_CONT, b"", fin=False) * (MAX_FRAGMENTS - 1)) == []
+    with pytest.raises(FrameError) as info:
+        decoder.feed(client(OP_CONT, b"", fin=False)[:2])  # known from the header
+    assert (info.value.code, info.value.reason) == (1009, "message in too many fragments")
+
+
+def test_a_message_of_exactly_max_fragments_is_accepted() -> None:
+    stream = client(OP_BINARY, b"a", fin=False) + client(OP_CONT, b"b", fin=False) * 2
+    stream += client(OP_CONT, b"c")
+    assert decode(stream) == [Message(b"abbc", True)]
+    assert FrameDecoder(BIG, max_fragments=4).feed(stream) == [Message(b"abbc", True)]
+    with pytest.raises(FrameError) as info:
+        FrameDecoder(BIG, max_fragments=3).feed(stream)
+    assert info.value.code == 1009
+
+
+def test_fragment_count_restarts_with_each_message() -> None:
+    one = client(OP_TEXT, b"a", fin=False) + client(OP_CONT, b"b", fin=False)
+    one += client(OP_CONT, b"c")
+    decoder = FrameDecoder(BIG, max_fragments=3)
+    assert decoder.feed(one * 50) == [Message(b"abc", False)] * 50
+
+
+def test_control_frames_between_fragments_do_not_count_as_fragments() -> None:
+    stream = client(OP_TEXT, b"a", fin=False) + client(OP_PING) * 10 + client(OP_CONT, b"b")
+    assert FrameDecoder(BIG, max_fragments=2).feed(stream)[-1] == Message(b"ab", False)
+
+
+def test_frames_counts_every_complete_frame() -> None:
+    decoder = FrameDecoder(BIG)
+    assert decoder.frames == 0
+    stream = client(OP_TEXT, b"a", fin=False) + client(OP_PONG) + client(OP_CONT, b"", fin=False)
+    decoder.feed(stream + client(OP_CONT)[:1])  # the last frame is not complete yet
+    assert decoder.frames == 3
+    decoder.feed(client(OP_CONT)[1:])
+    assert decoder.frames == 4
 
 
 # -- encoder ----------------------------------------------------------------------------

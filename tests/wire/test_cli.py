@@ -235,3 +235,60 @@ def test_noisy_library_quieted(
 def test_bad_log_level_rejected(clean_root: logging.Logger) -> None:
     with pytest.raises(ValueError):
         setup_logging("LOUD")
+
+
+# -- flaskrtc token ----------------------------------------------------------------------
+
+
+def test_token_prints_one_for_the_configured_secret(tmp_path: Path) -> None:
+    import time
+
+    from flaskrtc.auth import verify_token
+
+    secret = "a-secret-for-the-cli-test"
+    (tmp_path / "c.ini").write_text(f"[auth]\nsecret = {secret}\n")
+    before = int(time.time())
+    result = run_cli(tmp_path, "token", "123456", "--ttl", "600", "--config", "c.ini")
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    assert result.stdout == token + "\n" and result.stderr == ""
+    expiry = verify_token(secret, "123456", token, time.time())
+    assert before + 600 <= expiry <= int(time.time()) + 600
+    # The same secret from the environment; the default ttl is an hour.
+    result = run_cli(tmp_path, "token", "abc", env={"FLASKRTC_AUTH_SECRET": secret})
+    assert result.returncode == 0, result.stderr
+    expiry = verify_token(secret, "abc", result.stdout.strip(), time.time())
+    assert before + 3600 <= expiry <= int(time.time()) + 3600
+
+
+def test_token_without_a_secret_says_so(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "token", "123456")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "[auth] secret is not set" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["token"], ["token", "x", "--ttl", "0"], ["token", "x", "--ttl", "1h"], ["token", "x", "-q"]],
+)
+def test_token_usage_errors(tmp_path: Path, args: list[str]) -> None:
+    result = run_cli(tmp_path, *args, env={"FLASKRTC_AUTH_SECRET": "0123456789abcdef"})
+    assert result.returncode == 2
+    assert result.stdout == "" and "usage: flaskrtc token" in result.stderr
+
+
+def test_token_bad_id_and_short_secret_are_one_line(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "token", "x" * 129, env={"FLASKRTC_AUTH_SECRET": "0123456789abcdef"})
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == ["flaskrtc token: peer id longer than 128 characters"]
+    result = run_cli(tmp_path, "token", "x", env={"FLASKRTC_AUTH_SECRET": "short"})
+    assert_one_line_error(result, "auth.secret", "at least 16 characters")
+    assert "short" not in result.stderr  # a secret is never printed back
+
+
+def test_help_names_the_token_command(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "token", "--help")
+    assert result.returncode == 0 and "--ttl" in result.stdout
+    wrapped = " ".join(run_cli(tmp_path, "--help").stdout.split())
+    assert "'flaskrtc token ID --ttl 3600' prints an access token" in wrapped

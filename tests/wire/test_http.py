@@ -230,3 +230,44 @@ def test_turn_uris_order_hosts_and_tls() -> None:
     local = Config(GeneralConfig(), TurnConfig())
     assert turn_uris(local, "[::1]:8086")[0] == "turn:[::1]:19302?transport=udp"
     assert turn_uris(local, "[::1]:8086")[2] == "turns:[::1]:5349?transport=tcp"
+
+
+def test_dotfiles_are_never_served(tmp_path: Path) -> None:
+    root = tmp_path / "site"
+    for name in (".env", ".git/config", "sub/.secret", ".hidden/page.html", "sub/.well/x.txt"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("TOP-SECRET")
+    (root / "index.html").write_text("top")
+    (root / "sub" / "ok.txt").write_text("fine")
+    srv = ServerProcess(tmp_path, tls=False, extra={"general.html_root": str(root)})
+    try:
+        assert fetch(srv, "/sub/ok.txt")[2] == b"fine"
+        for target in (
+            "/.env",
+            "/.git/config",
+            "/.git/",
+            "/sub/.secret",
+            "/.hidden/page.html",
+            "/sub/.well/x.txt",
+            "/%2egit/config",
+            "/sub/%2Esecret",
+        ):
+            response = raw_get(srv, target)
+            assert response.split(b" ", 2)[1] == b"404", (target, response[:80])
+            assert b"TOP-SECRET" not in response, target
+    finally:
+        srv.stop()
+
+
+def test_security_headers_on_every_response(server: ServerProcess) -> None:
+    for path in ("/", "/check.html", "/js/app.js", "/api/turn?service=turn&username=h", "/nope"):
+        _, headers, _ = fetch(server, path)
+        assert headers["X-Content-Type-Options"] == "nosniff", path
+        csp = headers["Content-Security-Policy"]
+        directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
+        # Code, styles and images from this server only; no plugins, no framing.
+        for name in ("default-src", "script-src", "style-src", "img-src"):
+            assert directives[name] == "'self'", (path, csp)
+        assert directives["object-src"] == "'none'" and directives["frame-ancestors"] == "'none'"
+        assert "'unsafe-inline'" not in csp and "'unsafe-eval'" not in csp
+        assert headers["Referrer-Policy"] == "no-referrer"

@@ -1,8 +1,12 @@
 """Nothing a client sends crashes the TURN server, stalls a listener or leaks sockets.
 
-100k garbage and mutated datagrams and a few hundred garbage TCP streams go to a real
-server; it must still answer, log no traceback, and give back every socket once the
-allocations are deleted or their TCP connections closed.
+100k datagrams go to a real server: garbage, mutations, and requests signed with valid
+credentials and the live nonce, with random attributes, so that every handler (Allocate,
+Refresh, CreatePermission, ChannelBind, Send, ChannelData) runs, not just the 401/438 path;
+the test counts the replies by method and class and checks each handler answered both
+success and errors. A few hundred garbage TCP streams follow. The server must still answer,
+log no traceback, and give back every socket once the allocations are deleted or their TCP
+connections closed.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import os
 import random
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,6 +26,7 @@ from flaskrtc.turn.stun import (
     Class,
     Message,
     Method,
+    StunError,
     encode_channel_data,
     long_term_key,
     next_frame_length,
@@ -32,8 +38,13 @@ from tests.wire.test_turn_wire import RawTurn, TurnProcess
 
 @pytest.fixture(scope="module")
 def turn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TurnProcess]:
+    # Every datagram comes from 127.0.0.1: no quota or unauthenticated reply limit in the way.
     proc = TurnProcess(
-        tmp_path_factory.mktemp("robust"), allowed_peer_ip="127.0.0.1", user_quota="0"
+        tmp_path_factory.mktemp("robust"),
+        allowed_peer_ip="127.0.0.1",
+        user_quota="0",
+        ip_quota="0",
+        unauth_rate="0",
     )
     yield proc
     proc.stop()
@@ -108,29 +119,131 @@ def mutations(rng: random.Random, seeds: list[bytes], count: int) -> Iterator[by
             yield bytes(data[:cut] + rng.randbytes(4) + data[cut:])
 
 
+class Signer:
+    """Signs requests with valid credentials and the nonce the server handed out (live for
+    10 minutes, and bound to 127.0.0.1, where every sender is)."""
+
+    def __init__(self, turn: TurnProcess) -> None:
+        creds = turn.credentials("fuzz")
+        self.username = creds["username"]
+        self.key = long_term_key(self.username, "flutter-webrtc", creds["password"])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(5)
+            request = Message(Method.ALLOCATE, Class.REQUEST)
+            sock.sendto(serialize(request), ("127.0.0.1", turn.turn_port))
+            challenge = parse(sock.recvfrom(65535)[0])
+        assert challenge.attributes[Attr.ERROR_CODE][0] == 401
+        self.nonce: str = challenge.attributes[Attr.NONCE]
+
+    def sign(self, method: int, attrs: dict[int, Any], fingerprint: bool = False) -> bytes:
+        attributes = {
+            **attrs,
+            Attr.USERNAME: self.username,
+            Attr.REALM: "flutter-webrtc",
+            Attr.NONCE: self.nonce,
+        }
+        msg = Message(method, Class.REQUEST, attributes=attributes)
+        return serialize(msg, integrity_key=self.key, fingerprint=fingerprint)
+
+
+class Requests:
+    """Well-formed, validly signed requests with random attributes; peers are on loopback only
+    (the sinks, the relays seen so far, denied loopback addresses), so nothing leaves."""
+
+    def __init__(self, rng: random.Random, signer: Signer, sinks: list[tuple[str, int]]) -> None:
+        self.rng = rng
+        self.signer = signer
+        self.sinks = sinks
+        self.relays: list[tuple[str, int]] = []
+        self.tokens: list[bytes] = [b"\0" * 8]
+
+    def peer(self) -> tuple[str, int]:
+        rng = self.rng
+        pick = rng.randrange(10)
+        if pick < 5:
+            return rng.choice(self.sinks)
+        if pick < 8 and self.relays:
+            return rng.choice(self.relays)
+        return rng.choice([("127.0.0.2", 9), ("::1", 9), ("0.0.0.0", 9), ("127.0.0.1", 9)])
+
+    def next(self) -> bytes:
+        rng, sign = self.rng, self.signer.sign
+        kind = rng.randrange(16)
+        fingerprint = rng.random() < 0.3
+        if kind < 3:
+            attrs: dict[int, Any] = {}
+            transport = rng.choice([17, 17, 17, 17, 6, None])
+            if transport is not None:
+                attrs[Attr.REQUESTED_TRANSPORT] = transport
+            if rng.random() < 0.3:
+                attrs[Attr.EVEN_PORT] = rng.random() < 0.5
+            if rng.random() < 0.1:
+                attrs[Attr.RESERVATION_TOKEN] = rng.choice(self.tokens)
+            if rng.random() < 0.1:
+                attrs[Attr.REQUESTED_ADDRESS_FAMILY] = rng.choice([1, 2, 3])
+            if rng.random() < 0.05:
+                attrs[Attr.DONT_FRAGMENT] = True
+            if rng.random() < 0.2:
+                attrs[Attr.LIFETIME] = rng.choice([0, 1, 600, 3600, 100000])
+            return sign(Method.ALLOCATE, attrs, fingerprint)
+        if kind < 5:
+            attrs = {}
+            if rng.random() < 0.7:
+                attrs[Attr.LIFETIME] = rng.choice([0, 0, 300, 600, 5000])
+            if rng.random() < 0.1:
+                attrs[Attr.REQUESTED_ADDRESS_FAMILY] = rng.choice([1, 2])
+            return sign(Method.REFRESH, attrs, fingerprint)
+        if kind < 8:
+            peers = [self.peer() for _ in range(rng.choice([1, 1, 2, 3]))]
+            msg = Message(Method.CREATE_PERMISSION, Class.REQUEST)
+            msg.attributes[Attr.XOR_PEER_ADDRESS] = peers[0]
+            msg.repeated = [(Attr.XOR_PEER_ADDRESS, p) for p in peers[1:]]
+            msg.attributes.update(
+                {
+                    Attr.USERNAME: self.signer.username,
+                    Attr.REALM: "flutter-webrtc",
+                    Attr.NONCE: self.signer.nonce,
+                }
+            )
+            return serialize(msg, integrity_key=self.signer.key, fingerprint=fingerprint)
+        if kind < 11:
+            number = rng.choice([0x3FFF, 0x4000, 0x4001, 0x4002, 0x4003, 0x7FFF, 0x8000])
+            attrs = {Attr.CHANNEL_NUMBER: number, Attr.XOR_PEER_ADDRESS: self.peer()}
+            if rng.random() < 0.05:
+                del attrs[Attr.XOR_PEER_ADDRESS]
+            return sign(Method.CHANNEL_BIND, attrs, fingerprint)
+        if kind < 12:
+            return sign(rng.choice([Method.CONNECT, 0x0FF, Method.DATA]), {}, fingerprint)
+        if kind < 13:
+            return serialize(Message(Method.BINDING, Class.REQUEST), fingerprint=fingerprint)
+        if kind < 15:
+            attrs = {Attr.XOR_PEER_ADDRESS: self.peer(), Attr.DATA: rng.randbytes(20)}
+            return serialize(Message(Method.SEND, Class.INDICATION, attributes=attrs))
+        return encode_channel_data(rng.choice([0x4000, 0x4001, 0x4002]), rng.randbytes(20))
+
+    def learn(self, reply: Message) -> None:
+        """Remember relays and tokens the server handed out, to use them as peers."""
+        relayed = reply.attributes.get(Attr.XOR_RELAYED_ADDRESS)
+        if relayed is not None and relayed not in self.relays:
+            self.relays = [*self.relays[-15:], relayed]
+        token = reply.attributes.get(Attr.RESERVATION_TOKEN)
+        if token is not None:
+            self.tokens = [*self.tokens[-7:], token]
+
+
 def valid_requests(turn: TurnProcess) -> list[bytes]:
-    creds = turn.credentials("fuzz")
-    key = long_term_key(creds["username"], "flutter-webrtc", creds["password"])
-    base: dict[int, Any] = {
-        Attr.USERNAME: creds["username"],
-        Attr.REALM: "flutter-webrtc",
-        Attr.NONCE: "00" * 16,
-    }
-    messages: list[tuple[int, dict[int, Any]]] = [
-        (Method.ALLOCATE, {Attr.REQUESTED_TRANSPORT: 17, Attr.EVEN_PORT: True, **base}),
-        (Method.REFRESH, {Attr.LIFETIME: 600, **base}),
-        (Method.CREATE_PERMISSION, {Attr.XOR_PEER_ADDRESS: ("127.0.0.1", 9), **base}),
-        (
-            Method.CHANNEL_BIND,
-            {Attr.CHANNEL_NUMBER: 0x4000, Attr.XOR_PEER_ADDRESS: ("::1", 9), **base},
-        ),
-        (Method.BINDING, {}),
-    ]
+    """One validly signed (live nonce) request per method, and a Send indication: seeds."""
+    signer = Signer(turn)
     seeds = [
-        serialize(
-            Message(method, Class.REQUEST, attributes=attrs), integrity_key=key, fingerprint=True
-        )
-        for method, attrs in messages
+        signer.sign(Method.ALLOCATE, {Attr.REQUESTED_TRANSPORT: 17, Attr.EVEN_PORT: True}, True),
+        signer.sign(Method.REFRESH, {Attr.LIFETIME: 600}, True),
+        signer.sign(Method.CREATE_PERMISSION, {Attr.XOR_PEER_ADDRESS: ("127.0.0.1", 9)}, True),
+        signer.sign(
+            Method.CHANNEL_BIND,
+            {Attr.CHANNEL_NUMBER: 0x4000, Attr.XOR_PEER_ADDRESS: ("::1", 9)},
+            True,
+        ),
+        serialize(Message(Method.BINDING, Class.REQUEST), fingerprint=True),
     ]
     seeds.append(
         serialize(
@@ -144,21 +257,89 @@ def valid_requests(turn: TurnProcess) -> list[bytes]:
     return seeds
 
 
-def test_100k_garbage_datagrams_do_not_stop_the_udp_listener(turn: TurnProcess) -> None:
+def outcome(data: bytes) -> str:
+    """``METHOD class`` (``error NNN``) of what the server sent a client."""
+    if data and data[0] & 0xC0 == 0x40:
+        return "ChannelData"
+    try:
+        msg = parse(data)
+    except StunError:
+        return "unparseable"
+    try:
+        name = Method(msg.method).name
+    except ValueError:
+        name = f"{msg.method:#05x}"
+    if msg.cls == Class.ERROR:
+        return f"{name} error {msg.attributes[Attr.ERROR_CODE][0]}"
+    return f"{name} {Class(msg.cls).name.lower()}"
+
+
+def drain(sock: socket.socket) -> Iterator[bytes]:
+    while True:
+        try:
+            yield sock.recv(65535)
+        except BlockingIOError:
+            return
+
+
+def test_100k_datagrams_reach_every_handler_and_do_not_stop_the_udp_listener(
+    turn: TurnProcess,
+) -> None:
     rng = random.Random(20261128)
     seeds = valid_requests(turn)
-    senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(8)]
+    sinks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    for sink in sinks:
+        sink.bind(("127.0.0.1", 0))
+        sink.setblocking(False)
+    requests = Requests(rng, Signer(turn), [sink.getsockname() for sink in sinks])
+    senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(16)]
+    for sender in senders:
+        sender.setblocking(False)
     target = ("127.0.0.1", turn.turn_port)
-    sent = 0
-    for i, data in enumerate(mutations(rng, seeds, 100_000)):
+    counts: Counter[str] = Counter()
+    garbage = mutations(rng, seeds, 100_000)
+    relayed = 0
+    for i in range(100_000):
+        pick = rng.randrange(3)
+        if pick == 0:
+            data = next(garbage)
+        else:
+            data = requests.next()
+            if pick == 2 and rng.random() < 0.3:  # a valid request, mutated: mostly 401 or 400
+                data = next(mutations(rng, [data], 1))
         senders[i % len(senders)].sendto(data, target)
-        sent += 1
         if i % 200 == 199:
             # Let the server catch up (a Binding answered comes after everything sent before
             # it), so the kernel's receive buffer never overflows and every datagram is read.
-            assert poll(lambda: binding_answered(turn.turn_port)), f"no answer after {sent}"
-    for sock in senders:
+            assert poll(lambda: binding_answered(turn.turn_port)), f"no answer after {i + 1}"
+            for sender in senders:
+                for reply in drain(sender):
+                    counts[outcome(reply)] += 1
+                    try:
+                        requests.learn(parse(reply))
+                    except StunError:
+                        pass
+            for sink in sinks:
+                relayed += sum(1 for _ in drain(sink))
+    for sock in senders + sinks:
         sock.close()
+    print(f"\nreplies by method and class ({sum(counts.values())} in all):")
+    for name, count in sorted(counts.items()):
+        print(f"  {name:40} {count:6}")
+    print(f"  datagrams relayed to the loopback sinks: {relayed}")
+    for method in ("ALLOCATE", "REFRESH", "CREATE_PERMISSION", "CHANNEL_BIND"):
+        assert counts[f"{method} success"] > 0, (method, counts)
+        assert any(k.startswith(f"{method} error") for k in counts), (method, counts)
+    for expected in (
+        "ALLOCATE error 437",  # a second Allocate on one five-tuple
+        "ALLOCATE error 508",  # an unknown reservation token
+        "CREATE_PERMISSION error 403",  # denied loopback peers
+        "CHANNEL_BIND error 400",  # out-of-range numbers
+        "CONNECT error 400",  # an unknown authenticated method
+        "BINDING success",
+    ):
+        assert counts[expected] > 0, (expected, counts)
+    assert relayed > 0  # Send indications and ChannelData reached their peers
     assert poll(lambda: binding_answered(turn.turn_port))
     assert not [line for line in turn.lines if "Traceback" in line or "ERROR" in line]
 

@@ -21,6 +21,8 @@ from flaskrtc.signal.wsframe import (
     CloseReceived,
     FrameDecoder,
     Message,
+    Ping,
+    accept_key,
     encode_close,
     encode_frame,
 )
@@ -58,6 +60,7 @@ class RawClient:
         self.headers, _, leftover = rest.partition(b"\r\n\r\n")
         self.decoder = FrameDecoder(1 << 24, require_mask=False)
         self.events: list[Any] = []
+        self.pings = 0
         if leftover:
             self.events += self.decoder.feed(leftover)
 
@@ -65,12 +68,16 @@ class RawClient:
         self.sock.sendall(encode_frame(opcode, json.dumps(obj).encode(), mask=MASK))
 
     def next_event(self, timeout: float = 10) -> Any:
-        """The next frame event, skipping ``{}`` keepalives; None at EOF."""
+        """The next frame event, skipping ``{}`` keepalives and the PINGs that come with
+        them (counted in ``pings``, never answered); None at EOF."""
         deadline = time.monotonic() + timeout
         while True:
             while self.events:
                 event = self.events.pop(0)
                 if isinstance(event, Message) and event.data == b"{}":
+                    continue
+                if isinstance(event, Ping):
+                    self.pings += 1
                     continue
                 return event
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
@@ -100,12 +107,31 @@ def test_native_app_handshake_8_byte_key_no_origin(server: ServerProcess) -> Non
     assert len(key) == 12
     raw = RawClient(server, key)
     assert raw.status_line.startswith(b"HTTP/1.1 101"), raw.status_line
-    assert b"sec-websocket-protocol" not in raw.headers.lower()
-    assert b"sec-websocket-extensions" not in raw.headers.lower()
+    assert accept_key(key).encode() in raw.headers  # computed from the key exactly as sent
     pid = new_id()
     raw.send_json({"type": "new", "data": {"id": pid, "name": "phone", "user_agent": "ios"}})
     msg = raw.next_json()
     assert msg["type"] == "peers" and pid in [p["id"] for p in msg["data"]]
+    raw.sock.close()
+
+
+def test_offered_subprotocols_and_extensions_are_not_selected(server: ServerProcess) -> None:
+    # A client that offers a subprotocol and compression gets neither (docs/protocol.md §1):
+    # the 101 must not name them, and frames are plain (no RSV1 compression bit).
+    raw = RawClient(
+        server,
+        base64.b64encode(os.urandom(16)).decode(),
+        "Sec-WebSocket-Protocol: chat, superchat\r\n"
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+    )
+    assert raw.status_line.startswith(b"HTTP/1.1 101"), raw.status_line
+    header_names = [line.split(b":")[0].strip().lower() for line in raw.headers.split(b"\r\n")]
+    assert b"sec-websocket-protocol" not in header_names, raw.headers
+    assert b"sec-websocket-extensions" not in header_names, raw.headers
+    pid = new_id()
+    raw.send_json({"type": "new", "data": {"id": pid}})
+    msg = raw.next_json()  # decoded by a decoder that fails on any RSV bit
+    assert msg["type"] == "peers"
     raw.sock.close()
 
 
@@ -150,13 +176,16 @@ def test_offer_answer_candidate_forwarded_with_server_set_from(server: ServerPro
     a.send("offer", offer)
     assert b.expect("offer")["data"] == {**offer, "from": ida}
     b.send("answer", {"to": ida, "session_id": offer["session_id"], "description": {"sdp": "x"}})
-    assert b.ws  # b stays open
     got = a.expect("answer")["data"]
     assert got["from"] == idb and got["description"] == {"sdp": "x"}
     cand = {"sdpMLineIndex": 0, "sdpMid": "audio", "candidate": "candidate:1 1 UDP 1 h 9 typ host"}
     b.send("candidate", {"to": ida, "session_id": offer["session_id"], "candidate": cand})
     got = a.expect("candidate")["data"]
     assert got["candidate"] == cand and got["from"] == idb
+    # Both stay open after relaying: each still gets its own echo.
+    for client, n in ((a, 1), (b, 2)):
+        client.send("keepalive", {"still": n})
+        assert client.expect("keepalive")["data"] == {"still": n}
     a.close()
     b.close()
 
@@ -337,18 +366,37 @@ def test_oversize_frame_closes_with_1009_and_server_keeps_serving(tmp_path: Any)
 
 
 def test_keepalive_frames_arrive_every_period(tmp_path: Any) -> None:
-    srv = ServerProcess(tmp_path, extra={"general.keepalive": "0.2"})
+    period = 0.3
+    # A long idle_timeout: this client never answers the pings and must not be dropped here.
+    srv = ServerProcess(
+        tmp_path, extra={"general.keepalive": str(period), "general.idle_timeout": "30"}
+    )
     try:
         raw = RawClient(srv, base64.b64encode(os.urandom(16)).decode())
-        frames = 0
-        deadline = time.monotonic() + 10
-        while frames < 3 and time.monotonic() < deadline:
+        opened = time.monotonic()
+        arrivals: list[float] = []
+        pings = 0
+        deadline = opened + 15
+        while len(arrivals) < 6 and time.monotonic() < deadline:
             raw.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            for event in raw.decoder.feed(raw.sock.recv(4096)):
-                assert isinstance(event, Message) and event.data == b"{}"
+            data = raw.sock.recv(4096)
+            assert data, "the server closed the connection"
+            for event in raw.decoder.feed(data):
+                if isinstance(event, Ping):
+                    pings += 1
+                    continue
+                assert isinstance(event, Message) and event.data == b"{}", event
                 assert not event.binary  # a TEXT frame
-                frames += 1
-        assert frames >= 3
+                arrivals.append(time.monotonic())
+        assert len(arrivals) == 6
+        # Each {} comes with a PING (the liveness probe of idle_timeout).
+        assert pings >= len(arrivals) - 1
+        # Measured: the first after one period, then one per period (not a burst, not late).
+        gaps = [b - a for a, b in zip([opened, *arrivals], arrivals, strict=False)]
+        assert gaps[0] >= period * 0.8, gaps
+        steady = sorted(gaps[1:])
+        assert period * 0.8 <= steady[len(steady) // 2] <= period * 1.6, gaps
+        assert min(gaps) >= period * 0.5, gaps
         raw.sock.close()
     finally:
         srv.stop()

@@ -3,7 +3,7 @@
 import { Call } from "./call.js";
 import { CALL_DEADLINE_MS, diagnoseCall } from "./checklogic.js";
 import { describeAgent, describePair, randomId } from "./format.js";
-import { Signaling, resolveServer } from "./signaling.js";
+import { Signaling, authFromUrl, resolveServer, withAuth } from "./signaling.js";
 
 const $ = (id) => document.getElementById(id);
 const store = {
@@ -23,7 +23,10 @@ const store = {
   },
 };
 
-const selfId = randomId();
+// Opened as /?id=ID&token=TOKEN (a server with [auth] secret): register as ID, with the token
+// on /ws and /api/turn. Otherwise a random id, and no token.
+const auth = authFromUrl(location.search);
+const selfId = auth.id || randomId();
 let name = store.get("flaskrtc.name", "") || describeAgent(navigator.userAgent);
 let target = pickServer(store.get("flaskrtc.server", ""));
 let peers = [];
@@ -37,7 +40,7 @@ let lastEnd = "Not in a call";
 let lastProblem = null; // why the last call failed, shown with the link to the check
 
 const signaling = new Signaling({
-  url: target.wsUrl,
+  url: withAuth(target.wsUrl, auth),
   id: selfId,
   name,
   userAgent: navigator.userAgent,
@@ -192,7 +195,7 @@ function renderPeers() {
 /* ---------- calls ---------- */
 
 async function iceServers() {
-  const url = `${target.httpBase}/api/turn?service=turn&username=${encodeURIComponent(selfId)}`;
+  const url = withAuth(`${target.httpBase}/api/turn?service=turn&username=${encodeURIComponent(selfId)}`, auth);
   const abort = new AbortController();
   const timer = setTimeout(() => abort.abort(), 5000);
   try {
@@ -409,6 +412,10 @@ function onError(data) {
     return;
   }
   if (request === "bye" || request === "candidate") return; // after a call ended: nothing to fix
+  if (!request && reason.startsWith("unauthorized")) {
+    notify(`The server refused this page's access token (${reason}): ask for a new link.`, "error");
+    return;
+  }
   notify(`The server refused "${request || "a message"}": ${reason}.`, "error");
 }
 
@@ -564,8 +571,15 @@ $("server-form").addEventListener("submit", (event) => {
   target = pickServer(value);
   store.set("flaskrtc.server", value);
   peers = [];
-  signaling.retarget(target.wsUrl); // its state events render the (now empty) list
+  signaling.retarget(withAuth(target.wsUrl, auth)); // its state events render the (now empty) list
 });
+
+// The connection check needs the token too, for /api/turn.
+if (auth.token) {
+  for (const link of document.querySelectorAll("a.check-link")) {
+    link.href = withAuth(new URL("check.html", location.href).href, auth);
+  }
+}
 
 renderCall();
 signaling.connect();

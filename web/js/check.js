@@ -17,7 +17,7 @@ import {
   rowCause,
 } from "./checklogic.js";
 import { randomId } from "./format.js";
-import { resolveServer } from "./signaling.js";
+import { authFromUrl, resolveServer, withAuth } from "./signaling.js";
 
 const $ = (id) => document.getElementById(id);
 const API_TIMEOUT_MS = 5000;
@@ -40,9 +40,11 @@ function pickServer() {
 }
 
 const target = pickServer();
+// Opened from a page with an access token (check.html?id=ID&token=TOKEN): /api/turn needs it.
+const auth = authFromUrl(location.search);
 
 async function credentials(username) {
-  const url = `${target.httpBase}/api/turn?service=turn&username=${encodeURIComponent(username)}`;
+  const url = withAuth(`${target.httpBase}/api/turn?service=turn&username=${encodeURIComponent(username)}`, auth);
   const abort = new AbortController();
   const timer = setTimeout(() => abort.abort(), API_TIMEOUT_MS);
   try {
@@ -149,7 +151,10 @@ function relay(uri, creds) {
       if (a.iceConnectionState === "failed") finish({ ok: false, error: "ICE failed: no path through the relay" });
     };
     b.ondatachannel = ({ channel }) => {
-      channel.onmessage = ({ data }) => channel.send(`echo ${data}`);
+      // A late message may arrive after a timeout closed both connections.
+      channel.onmessage = ({ data }) => {
+        if (channel.readyState === "open") channel.send(`echo ${data}`);
+      };
     };
     const channel = a.createDataChannel("check");
     let sent = 0;

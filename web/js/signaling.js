@@ -4,6 +4,25 @@
 const MAX_QUEUE = 200; // messages kept while reconnecting; older ones are dropped first
 const MAX_DELAY_MS = 10000;
 const TAKEN_OVER = 4409; // the server gave our id to a newer connection: do not fight it
+const UNAUTHORIZED = 4401; // the server refused our token ([auth] secret): retrying cannot help
+
+/**
+ * The access token of a page opened as /?id=ID&token=TOKEN (servers with [auth] secret):
+ * {id, token}, both "" when the URL has none.
+ */
+export function authFromUrl(search) {
+  const params = new URLSearchParams(search || "");
+  return { id: params.get("id") || "", token: params.get("token") || "" };
+}
+
+/** ``url`` (absolute) with ?id=&token= added when ``auth`` has a token; else unchanged. */
+export function withAuth(url, auth) {
+  if (!auth || !auth.token) return url;
+  const withQuery = new URL(url);
+  withQuery.searchParams.set("id", auth.id);
+  withQuery.searchParams.set("token", auth.token);
+  return withQuery.toString();
+}
 
 /**
  * Where a "server" setting points: the WebSocket URL and the HTTP(S) base for /api/turn.
@@ -93,6 +112,11 @@ export class Signaling extends EventTarget {
       if (event.code === TAKEN_OVER) {
         this.stopped = true;
         this._setState("stopped", { reason: "another connection took over this id" });
+        return;
+      }
+      if (event.code === UNAUTHORIZED) {
+        this.stopped = true;
+        this._setState("stopped", { reason: "the server refused this page's access token" });
         return;
       }
       this._retry(event.reason || (event.code === 1006 ? "connection lost" : `closed (${event.code})`));
