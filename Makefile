@@ -36,7 +36,7 @@ WHERE_linux   := on Linux
 WHERE_darwin  := on macOS
 WHERE_windows := on Windows
 
-.PHONY: run test lint pytest bench venv clean $(TARGETS) all release zip upx pyinstaller
+.PHONY: run test lint pytest bench fuzz venv clean $(TARGETS) all release zip upx pyinstaller
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -59,8 +59,8 @@ run: $(RUN_STAMP)
 	$(PY) -m flaskrtc $(ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check flaskrtc tests benchmarks build
-	$(PY) -m ruff format --check flaskrtc tests benchmarks build
+	$(PY) -m ruff check flaskrtc tests benchmarks build tools
+	$(PY) -m ruff format --check flaskrtc tests benchmarks build tools
 	$(PY) -m mypy
 	$(PY) -m check_jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
@@ -68,6 +68,15 @@ pytest: $(STAMP)
 	$(PY) -m pytest $(ARGS)
 
 test: lint pytest
+
+# A longer fuzzing campaign (tools/fuzz/run.py): atheris when it installs, else hypothesis
+# with a large budget. FUZZ_MINUTES in all (10), FUZZ_ARGS e.g. "--targets turn-machine".
+FUZZ_MINUTES ?= 10
+FUZZ_ARGS    ?=
+fuzz: $(STAMP)
+	@$(PY) -c "import atheris" 2>/dev/null || $(PY) -m pip install atheris || \
+	  echo "make fuzz: atheris did not install: hypothesis instead"
+	$(PY) tools/fuzz/run.py --minutes $(FUZZ_MINUTES) $(FUZZ_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/signal_bench.py
