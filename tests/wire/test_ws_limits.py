@@ -5,11 +5,11 @@ WebSocket session (docs/protocol.md §1, §7)."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import re
-import socket
+import select
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -156,6 +156,44 @@ def test_a_flood_of_tiny_frames_is_closed_with_1008(server: ServerProcess) -> No
 # -- 4. the 1009 close reaches a client that sent a big message in one go ---------------------
 
 
+def push_until_close(raw: RawClient, data: bytes, timeout: float = 10) -> CloseReceived | None:
+    """Send ``data`` while reading, in one thread (an SSL socket must not be read and written
+    by two threads at once), until the server's close frame arrives; None at EOF first.
+
+    Sending stops with the close frame, as a client that honours it would; a reset raises
+    ConnectionResetError."""
+    sock = raw.sock
+    sock.setblocking(False)
+    view = memoryview(data)
+    sent = 0
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            while True:  # everything readable now, the TLS layer's pending bytes too
+                try:
+                    chunk = sock.recv(65536)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                    break
+                if not chunk:
+                    return None
+                raw.events += raw.decoder.feed(chunk)
+                for i, event in enumerate(raw.events):
+                    if isinstance(event, CloseReceived):
+                        del raw.events[: i + 1]
+                        return event
+            if sent < len(view):
+                try:
+                    sent += sock.send(view[sent : sent + 65536])
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                    pass
+                except (BrokenPipeError, ConnectionResetError):
+                    sent = len(view)  # the server stopped reading: its reply is what counts
+            select.select([sock], [sock] if sent < len(view) else [], [], 0.05)
+        raise AssertionError(f"no close frame in {timeout} s ({sent} of {len(view)} bytes sent)")
+    finally:
+        sock.setblocking(True)
+
+
 def test_oversized_message_sent_in_one_go_gets_the_1009_close_not_a_reset(
     tmp_path: Path,
 ) -> None:
@@ -163,26 +201,16 @@ def test_oversized_message_sent_in_one_go_gets_the_1009_close_not_a_reset(
     try:
         for _ in range(3):  # a reset is a race: try it more than once
             raw = register_raw(srv, new_id())
-            payload = os.urandom(4 << 20)
-            frame = encode_frame(OP_TEXT, payload, mask=MASK)
-
-            def push(sock: socket.socket = raw.sock, data: bytes = frame) -> None:
-                # The server drains for 2 s at most; on a slow machine the rest may be cut.
-                with contextlib.suppress(OSError):
-                    sock.sendall(data)
-
-            sender = threading.Thread(target=push)
-            sender.start()
+            frame = encode_frame(OP_TEXT, os.urandom(4 << 20), mask=MASK)
             try:
-                event = next_close(raw)
+                event = push_until_close(raw, frame)
+                assert event is not None, "connection ended without a close frame"
                 assert (event.code, event.reason) == (1009, "message too big")
                 assert raw.next_event() is None  # then a clean end of stream
             except ConnectionResetError as err:
                 raise AssertionError("the server reset the connection: close frame lost") from err
             except AssertionError as err:
                 raise AssertionError(f"{err}; server log: {srv.lines[-12:]}") from err
-            finally:
-                sender.join(10)
             raw.sock.close()
         assert not any("Traceback" in line for line in srv.lines)
     finally:
