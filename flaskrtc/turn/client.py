@@ -157,6 +157,16 @@ class TurnClient:
             Method.CREATE_PERMISSION, {Attr.XOR_PEER_ADDRESS: first}, repeated=more
         )
 
+    def channel_bind(self, channel: int, peer: Address) -> Request:
+        """A ChannelBind of ``channel`` (0x4000-0x4FFF) to ``peer`` (RFC 8656 §12.1); after
+        its success, ChannelData with that number goes to ``peer`` (see
+        :func:`flaskrtc.turn.stun.encode_channel_data`)."""
+        if not 0x4000 <= channel <= 0x4FFF:
+            raise ValueError(f"channel numbers are 0x4000-0x4FFF, not {channel:#x}")
+        return self._request(
+            Method.CHANNEL_BIND, {Attr.CHANNEL_NUMBER: channel, Attr.XOR_PEER_ADDRESS: peer}
+        )
+
     def send_indication(self, peer: Address, data: bytes) -> bytes:
         """A Send indication carrying ``data`` to ``peer`` (RFC 8656 §11.1). Indications are
         never authenticated: the allocation's five-tuple is what the server trusts."""

@@ -24,6 +24,8 @@ from flaskrtc.turn.stun import (
     Message,
     Method,
     check_integrity,
+    decode_channel_data,
+    encode_channel_data,
     long_term_key,
     parse,
     serialize,
@@ -228,3 +230,23 @@ def test_unrelated_input_is_ignored() -> None:
     assert (
         client.receive(serialize(Message(Method.DATA, Class.INDICATION, attributes=bare))) is None
     )
+
+
+def test_channel_bind_then_channel_data_relays_between_two_allocations() -> None:
+    core, _ = make_core()
+    a, b = TurnClient(*credential()), TurnClient(*credential())
+    complete(core, a, a.allocate())
+    complete(core, b, b.allocate(), OTHER)
+    assert a.relayed is not None and b.relayed is not None
+    complete(core, b, b.create_permission(a.relayed), OTHER)
+    request = a.channel_bind(0x4001, b.relayed)
+    assert parse(request.data).get(Attr.CHANNEL_NUMBER) == 0x4001
+    complete(core, a, request)  # signed after the 401, like every request
+    effects = core.handle(encode_channel_data(0x4001, b"over a channel"), CLIENT, NOW)
+    assert [(e.peer, e.data) for e in effects if isinstance(e, ToPeer)] == [
+        (b.relayed, b"over a channel")
+    ]
+    assert decode_channel_data(encode_channel_data(0x4001, b"x")) == (0x4001, b"x")
+    for bad in (0x3FFF, 0x5000):
+        with pytest.raises(ValueError):
+            a.channel_bind(bad, b.relayed)
