@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -36,6 +37,17 @@ def require_tool(*names: str, package: str) -> str:
     if os.environ.get("FLASKRTC_REQUIRE_INTEROP"):
         pytest.fail(reason + "; FLASKRTC_REQUIRE_INTEROP is set")
     pytest.skip(reason)
+
+
+def require_module(name: str, package: str) -> Any:
+    """Import ``name``; else skip, or fail under FLASKRTC_REQUIRE_INTEROP=1 like require_tool."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        reason = f"{name} cannot be imported ({exc}); pip package '{package}'"
+        if os.environ.get("FLASKRTC_REQUIRE_INTEROP"):
+            pytest.fail(reason + "; FLASKRTC_REQUIRE_INTEROP is set")
+        pytest.skip(reason)
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

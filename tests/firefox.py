@@ -29,6 +29,8 @@ PREFS: dict[str, Any] = {
     "media.autoplay.default": 0,
     "media.peerconnection.ice.obfuscate_host_addresses": False,
     "media.peerconnection.ice.loopback": True,
+    # ICE gathers on loopback only: no candidate, check or mDNS query on any other interface.
+    "media.peerconnection.ice.force_interface": "lo",
     "browser.shell.checkDefaultBrowser": False,
     "browser.startup.homepage_override.mstone": "ignore",
     "browser.aboutwelcome.enabled": False,
@@ -41,6 +43,20 @@ PREFS: dict[str, Any] = {
     "browser.safebrowsing.phishing.enabled": False,
     "extensions.update.enabled": False,
     "browser.newtabpage.enabled": False,
+    # Background fetches a fresh profile would start: remote settings, Normandy, the search
+    # and region services, DNS prefetch and DNS over HTTPS, plugin and blocklist updates.
+    "services.settings.server": "",
+    "app.normandy.enabled": False,
+    "browser.search.update": False,
+    "browser.region.network.url": "",
+    "browser.region.update.enabled": False,
+    "network.dns.disablePrefetch": True,
+    "network.prefetch-next": False,
+    "network.trr.mode": 5,
+    "media.gmp-manager.url": "",
+    "extensions.blocklist.enabled": False,
+    "toolkit.telemetry.enabled": False,
+    "browser.ping-centre.telemetry": False,
 }
 
 

@@ -24,6 +24,12 @@ CHROMIUM_FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # Host candidates as plain addresses, not mDNS names: no multicast query or announcement
+    # leaves the machine (peers on this host reach each other through the kernel).
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--disable-domain-reliability",
+    "--disable-client-side-phishing-detection",
+    "--metrics-recording-only",
     "--use-fake-device-for-media-stream",
     "--use-fake-ui-for-media-stream",
     "--autoplay-policy=no-user-gesture-required",

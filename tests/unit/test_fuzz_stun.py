@@ -279,7 +279,11 @@ def check_framing(data: bytes) -> None:
     else:
         assert size >= stun.HEADER_SIZE
     start = stun.stream_starts_with_stun(data)
-    assert start is None if len(data) < 8 else isinstance(start, bool)
+    if len(data) < 8:
+        assert start is None
+    else:
+        # RFC 8489 §5: top two bits zero and the magic cookie in bytes 4..7.
+        assert start is (data[0] >> 6 == 0 and data[4:8] == b"\x21\x12\xa4\x42")
     if stun.is_stun(data):
         assert start is True
     count("framing:sized")

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from flaskrtc.turn.stun import Attr, Class, Message, Method, long_term_key, parse, serialize
-from tests.conftest import ServerProcess, free_port, require_tool
+from tests.conftest import ServerProcess, free_port, require_module, require_tool
 
 
 class TurnProcess(ServerProcess):
@@ -108,7 +108,7 @@ def test_uclient_relays_without_loss(
 
 
 def test_aioice_turn_client_relays_to_udp_echo_peer(turn: TurnProcess) -> None:
-    aioice_turn = pytest.importorskip("aioice.turn")
+    aioice_turn = require_module("aioice.turn", package="aioice")
     creds = turn.credentials("aioice")
     echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     echo.bind(("127.0.0.1", 0))
@@ -299,6 +299,8 @@ def test_loopback_peers_denied_by_default(tmp_path: Path) -> None:
 def test_coturn_accepts_api_turn_credentials(turn: TurnProcess, tmp_path: Path) -> None:
     turnserver = require_tool("turnserver", package="coturn")
     port = free_port(socket.SOCK_DGRAM)
+    log_path = tmp_path / "turnserver.log"
+    log_file = log_path.open("wb")
     proc = subprocess.Popen(
         [
             turnserver,
@@ -317,9 +319,9 @@ def test_coturn_accepts_api_turn_credentials(turn: TurnProcess, tmp_path: Path) 
             f"--pidfile={tmp_path / 'turn.pid'}",
             "--log-file=stdout",
         ],
-        stdout=subprocess.PIPE,
+        # Into a file, not a pipe nobody reads (a full pipe would block coturn).
+        stdout=log_file,
         stderr=subprocess.STDOUT,
-        text=True,
     )
     try:
         creds = turn.credentials("coturn-compat")
@@ -331,7 +333,11 @@ def test_coturn_accepts_api_turn_credentials(turn: TurnProcess, tmp_path: Path) 
                 break
             except (TimeoutError, ConnectionRefusedError):
                 continue  # coturn still starting
-        assert reply is not None and reply.cls == Class.SUCCESS, reply
+        assert reply is not None and reply.cls == Class.SUCCESS, (
+            reply,
+            log_path.read_text(errors="replace")[-2000:],
+        )
     finally:
         proc.terminate()
         proc.wait(10)
+        log_file.close()
