@@ -336,6 +336,9 @@ class TurnServer:
                 log.debug("allocation %s expired", allocation.relay.public)
                 if isinstance(allocation.shell, ClientLink):
                     allocation.shell.close()
+            for server in self.servers:
+                if isinstance(server, _UdpListener):
+                    server.prune()
         except Exception:
             log.exception("expiry sweep failed")
 
@@ -500,21 +503,31 @@ class _UdpListener(DatagramServer):  # type: ignore[misc]
             link = self._links.get(key)
             if link is None:
                 link = self._new_link(client, local)
+                self.turn.client_input(data, link)
+                # Kept only while its 5-tuple holds an allocation: a probe, a Binding request
+                # or a refused Allocate leaves nothing behind (the sweep drops the rest).
+                if link.five_tuple in self.turn.core.allocations.by_five_tuple:
+                    self._links[key] = link
+                return
             self.turn.client_input(data, link)
         except Exception:
             log.exception("udp %s: dropping a datagram", address)
 
+    def prune(self) -> int:
+        """Forget the links whose allocation has ended (expired, deleted); returns how many."""
+        live = self.turn.core.allocations.by_five_tuple
+        gone = [key for key, link in self._links.items() if link.five_tuple not in live]
+        for key in gone:
+            del self._links[key]
+        return len(gone)
+
     def _new_link(self, client: Address, local: Any) -> ClientLink:
-        if len(self._links) > 100_000:
-            self._links.clear()  # bounded: links are cheap to recreate
         server_ip, cmsg = self.address[0], None
         found = pktinfo_destination([local]) if local is not None else None
         if found is not None:
             server_ip, cmsg = found
         five_tuple = FiveTuple("udp", client, (server_ip, self.address[1]))
-        link = ClientLink(five_tuple, self._socket, stream=False, cmsg=cmsg)
-        self._links[(client, local)] = link
-        return link
+        return ClientLink(five_tuple, self._socket, stream=False, cmsg=cmsg)
 
 
 def _tcp_socket(bind: str, port: int) -> gevent.socket.socket:

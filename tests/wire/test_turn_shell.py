@@ -240,3 +240,34 @@ def test_transient_errors() -> None:
     windows = OSError(errno.EINVAL, "x")
     windows.winerror = 10054  # type: ignore[attr-defined]
     assert turn_server.transient(windows)
+
+
+def udp_links(shell: Shell) -> int:
+    [udp] = [s for s in shell.server.servers if isinstance(s, turn_server._UdpListener)]
+    return len(udp._links)
+
+
+def test_udp_links_live_only_as_long_as_an_allocation(shell: Shell) -> None:
+    # The listener caches a link per client address for its allocation's sake. Probes and
+    # ended allocations must not stay in it: a server that has seen many client ports (phones
+    # on the move, or a spoofed flood) would hold one per address, forever.
+    probes = [GeventTurn(shell.port) for _ in range(20)]
+    for probe in probes:
+        probe._send(serialize(Message(Method.BINDING, Class.REQUEST)))
+        assert parse(probe._recv()).cls == Class.SUCCESS
+        probe._send(serialize(Message(Method.ALLOCATE, Class.REQUEST)))  # no credentials: 401
+        assert parse(probe._recv()).cls == Class.ERROR
+    assert udp_links(shell) == 0
+    a, b = GeventTurn(shell.port), GeventTurn(shell.port)
+    for client in (a, b):
+        ok = client.request(Method.ALLOCATE, {Attr.REQUESTED_TRANSPORT: 17})
+        assert ok.cls == Class.SUCCESS
+    assert udp_links(shell) == 2
+    # Deleted by Refresh(0), and expired: both links go with their allocations.
+    assert a.request(Method.REFRESH, {Attr.LIFETIME: 0}).cls == Class.SUCCESS
+    assert poll(lambda: udp_links(shell) == 1), udp_links(shell)
+    shell.offset[0] += 601
+    assert poll(lambda: udp_links(shell) == 0), udp_links(shell)
+    assert len(shell.core.allocations) == 0
+    for client in (*probes, a, b):
+        client.sock.close()
