@@ -36,7 +36,7 @@ WHERE_linux   := on Linux
 WHERE_darwin  := on macOS
 WHERE_windows := on Windows
 
-.PHONY: run test lint pytest bench fuzz venv clean $(TARGETS) all release zip upx pyinstaller
+.PHONY: run test lint pytest bench fuzz soak mutation venv clean $(TARGETS) all release zip upx pyinstaller
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +77,18 @@ fuzz: $(STAMP)
 	@$(PY) -c "import atheris" 2>/dev/null || $(PY) -m pip install atheris || \
 	  echo "make fuzz: atheris did not install: hypothesis instead"
 	$(PY) tools/fuzz/run.py --minutes $(FUZZ_MINUTES) $(FUZZ_ARGS)
+
+# Mutation testing of the sans-I/O cores (tools/mutate.py); not part of `make test`.
+# MUTATION_ARGS e.g. "--module flaskrtc/turn/stun.py --max-mutants 50 --report survivors.txt".
+MUTATION_ARGS ?=
+mutation: $(STAMP)
+	$(PY) tools/mutate.py $(MUTATION_ARGS)
+
+# N minutes of mixed load against a real server; fds and RSS must return to their baseline.
+SOAK_MINUTES ?= 10
+SOAK_ARGS    ?=
+soak: $(STAMP)
+	$(PY) benchmarks/soak.py --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/signal_bench.py

@@ -61,3 +61,20 @@ def test_other_secret_gives_other_password() -> None:
 def test_bad_users_are_refused(user: str) -> None:
     with pytest.raises(CredentialError):
         make_credential("k", user, now=0, ttl=60)
+
+
+def test_user_part_of_exactly_the_maximum_length_is_allowed() -> None:
+    from flaskrtc.turn.credentials import MAX_USER_LENGTH, validate_user
+
+    assert MAX_USER_LENGTH == 128
+    assert validate_user("u" * 128) == "u" * 128
+    assert make_credential("s", "u" * 128, now=1000, ttl=60).username == "1060:" + "u" * 128
+    with pytest.raises(CredentialError):
+        validate_user("u" * 129)
+
+
+def test_expiry_stamps_of_up_to_12_digits_are_read() -> None:
+    # 12 decimal digits reach the year 33658; a longer stamp is not a REST username.
+    stamp12 = "999999999999"
+    assert check_credential("s", stamp12 + ":u", now=1000) == rest_password("s", stamp12 + ":u")
+    assert check_credential("s", "0" + stamp12 + ":u", now=1000) is None

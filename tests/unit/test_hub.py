@@ -403,3 +403,27 @@ def test_binding_is_forgotten_with_the_connection() -> None:
     w = Wire(hub)
     w.join("c1", "bob")
     assert w.hub.peer_of("c1") == "bob"
+
+
+def test_leave_is_not_marked_as_a_peers_list() -> None:
+    # Only a peers list may be superseded by a newer one before it is written; a leave
+    # must reach every remaining peer.
+    hub = Hub(interval=lambda n: 1.0)
+    hub.receive("c1", msg("new", {"id": "1"}), 0.0)
+    hub.receive("c2", msg("new", {"id": "2"}), 0.0)
+    actions = hub.disconnect("c1", 0.0)
+    leaves = [a for a in actions if isinstance(a, Broadcast) and '"leave"' in a.text]
+    assert len(leaves) == 1 and leaves[0].conns == ("c2",) and leaves[0].peers is False
+    lists = [a for a in hub.poll(10.0) if isinstance(a, Broadcast)]
+    assert lists and all(a.peers for a in lists)
+
+
+def test_the_last_peer_leaving_sends_nothing_and_cancels_the_pending_list() -> None:
+    hub = Hub(interval=lambda n: 1.0)
+    hub.receive("c1", msg("new", {"id": "1"}), 0.0)
+    hub.receive("c2", msg("new", {"id": "2"}), 0.0)
+    assert hub.next_deadline() is not None  # c1's fresh list is deferred
+    hub.disconnect("c1", 0.0)
+    assert hub.disconnect("c2", 0.0) == []  # nobody is left to tell
+    assert hub.next_deadline() is None
+    assert hub.poll(10.0) == []

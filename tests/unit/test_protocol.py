@@ -119,3 +119,31 @@ def test_overlong_id_is_refused() -> None:
 def test_deep_nesting_is_an_error_not_a_crash() -> None:
     with pytest.raises(ProtocolError):
         parse(b"[" * 100_000 + b"]" * 100_000)
+
+
+def test_string_limits_are_inclusive() -> None:
+    # docs/protocol.md: ids up to 128 characters, names 256, user agents 512; a bye's
+    # session_id is two ids and a '-'.
+    new = {"id": "i" * 128, "name": "n" * 256, "user_agent": "u" * 512}
+    assert parse(enc({"type": "new", "data": new})) == New("i" * 128, "n" * 256, "u" * 512)
+    for key, size in (("name", 257), ("user_agent", 513)):
+        with pytest.raises(ProtocolError) as info:
+            parse(enc({"type": "new", "data": {**new, key: "x" * size}}))
+        assert info.value.reason == f"data.{key} is longer than {size - 1} characters"
+    sid = "a" * 128 + "-" + "b" * 128
+    assert parse(enc({"type": "bye", "data": {"session_id": sid}})) == Bye(sid)
+    with pytest.raises(ProtocolError):
+        parse(enc({"type": "bye", "data": {"session_id": sid + "c"}}))
+
+
+def test_an_error_reply_echoes_at_most_64_characters_of_the_type() -> None:
+    with pytest.raises(ProtocolError) as info:
+        parse(enc({"type": "t" * 1000, "data": None}))
+    assert info.value.request == "t" * 64
+    assert json.loads(info.value.reply)["data"]["request"] == "t" * 64
+
+
+def test_messages_are_sent_as_utf8_not_escaped() -> None:
+    from flaskrtc.signal.protocol import message
+
+    assert message("peers", [{"name": "Zoë 😀"}]) == '{"type":"peers","data":[{"name":"Zoë 😀"}]}'

@@ -1109,3 +1109,72 @@ def test_additional_address_family_is_refused_for_the_second_family() -> None:
     reply = Client(core).allocate({Attr.ADDITIONAL_ADDRESS_FAMILY: 0x02})
     assert reply.cls == Class.SUCCESS
     assert reply.attributes[Attr.ADDRESS_ERROR_CODE] == (0x02, 440, "Address Family not Supported")
+
+
+# -- rules the mutation tests (tools/mutate.py) found unstated --------------------------------
+
+
+def test_binding_with_unknown_comprehension_required_attribute_gets_420() -> None:
+    # RFC 8489 §6.3.1.1: a request with unknown comprehension-required attributes is
+    # answered 420 listing them, Binding included (it needs no authentication).
+    core, _ = make_core()
+    reply = Client(core).request(Method.BINDING, {0x7777: b"????"}, sign=False)
+    assert error(reply) == 420
+    assert reply.attributes[Attr.UNKNOWN_ATTRIBUTES] == (0x7777,)
+    assert Attr.XOR_MAPPED_ADDRESS not in reply.attributes
+
+
+def test_create_permission_without_a_peer_address_is_a_signed_400() -> None:
+    # RFC 8656 §10.2: a CreatePermission needs at least one XOR-PEER-ADDRESS.
+    from flaskrtc.turn.stun import check_integrity
+
+    core, _ = make_core()
+    client = Client(core)
+    client.allocate()
+    reply = client.request(Method.CREATE_PERMISSION, {})
+    assert error(reply) == 400 and check_integrity(reply, client.key)
+    allocation = core.allocations.get(CLIENT)
+    assert allocation is not None and allocation.permitted_ips() == 0
+
+
+def test_core_limits_default_to_the_config_defaults() -> None:
+    # A TurnCore built without explicit limits (tests, embedders) gets what [turn] documents.
+    from dataclasses import fields
+
+    from flaskrtc.config import TurnConfig
+
+    config = TurnConfig()
+    for f in fields(Limits):
+        assert getattr(Limits(), f.name) == getattr(config, f.name), f.name
+
+
+def make_allocation() -> Any:
+    from flaskrtc.turn.allocation import Allocation
+
+    relay = FakeRelay(("0.0.0.0", 50000), ("192.0.2.1", 50000))
+    return Allocation(CLIENT, "alice", b"k" * 16, relay, NOW + 600, b"t" * 12)
+
+
+def test_a_permission_lasts_exactly_300_seconds() -> None:
+    # RFC 8656 §9: a permission lives 300 s from its install or last refresh.
+    allocation = make_allocation()
+    allocation.permit(PEER[0], NOW)
+    allocation.permit("203.0.113.10", NOW, relays_only=True)
+    allocation.expire(NOW + 299.9)
+    assert allocation.has_permission(PEER[0]) and allocation.has_permission("203.0.113.10")
+    allocation.expire(NOW + 300)
+    assert allocation.permitted_ips() == 0
+
+
+def test_a_channel_lasts_exactly_600_seconds_and_refreshes_its_permission() -> None:
+    # RFC 8656 §12: a channel binding lives 10 minutes; binding installs or refreshes the
+    # permission of the peer's IP (an ordinary one unless the policy says relays only).
+    allocation = make_allocation()
+    allocation.bind(0x4000, PEER, NOW)
+    assert PEER[0] in allocation.permissions and not allocation.relay_permissions
+    allocation.expire(NOW + 599.9)
+    assert allocation.channel_to_peer == {0x4000: PEER}
+    allocation.permit(PEER[0], NOW + 500)  # the permission outlives the channel here
+    allocation.expire(NOW + 600)
+    assert allocation.channel_to_peer == {} and allocation.peer_to_channel == {}
+    assert allocation.channel_expiry == {} and allocation.has_permission(PEER[0])

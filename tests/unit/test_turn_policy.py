@@ -365,3 +365,21 @@ def test_config_values_feed_the_policy(tmp_path: Path, monkeypatch: pytest.Monke
     assert policy.permits("127.0.0.1") is True
     assert policy.permits("fe80::1") is True
     assert policy.permits("fe80::2") is False
+
+
+def test_ipv4_mapped_prefix_of_96_bits_names_every_ipv4_address() -> None:
+    # "::ffff:0:0/96" is all of IPv4 in its IPv6 spelling (RFC 4291 §2.5.5.2): denying it
+    # denies the plain IPv4 form too.
+    policy = PeerPolicy(denied=["::ffff:0:0/96"])
+    assert policy.permits("203.0.113.9") is False
+    assert policy.permits("::ffff:203.0.113.9") is False
+    assert policy.permits("2001:db8::1") is True
+
+
+def test_a_plain_ipv6_prefix_of_96_bits_or_more_names_no_ipv4_address() -> None:
+    # Only the ::ffff:0:0/96 block carries IPv4 addresses: 2001:db8::/96 ends in 32 bits
+    # too, but it must not turn into a rule about IPv4 (it would deny all of it).
+    policy = PeerPolicy(denied=["2001:db8::/96", "2001:db8:1::/120"])
+    assert policy.permits("203.0.113.9") is True
+    assert policy.permits("0.0.0.1") is False  # 0.0.0.0/8 is denied by default anyway
+    assert policy.permits("2001:db8::5") is False

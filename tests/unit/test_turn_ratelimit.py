@@ -58,3 +58,20 @@ def test_rate_zero_is_off_and_keeps_no_state() -> None:
 def test_bad_parameters(rate: float, burst: float, keys: int) -> None:
     with pytest.raises(ValueError):
         TokenBuckets(rate, burst, keys)
+
+
+def test_one_key_table_is_allowed_and_evicts_on_every_new_key() -> None:
+    buckets = TokenBuckets(1.0, 1, max_keys=1)
+    assert buckets.allow("a", 0.0) and not buckets.allow("a", 0.0)
+    assert buckets.allow("b", 0.0)  # "a" is evicted ...
+    assert len(buckets) == 1 and buckets.allow("a", 0.0)  # ... and comes back full
+
+
+def test_default_table_keeps_ten_thousand_keys() -> None:
+    buckets = TokenBuckets(1.0, 1)
+    for i in range(10_000):
+        assert buckets.allow(str(i), 0.0)
+    assert len(buckets) == 10_000 and not buckets.allow("0", 0.0)  # "0" is still there
+    assert buckets.allow("new", 0.0)
+    assert len(buckets) == 10_000 and not buckets.allow("0", 0.0)  # "1" went, not "0"
+    assert buckets.allow("1", 0.0)

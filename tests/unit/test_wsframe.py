@@ -612,3 +612,20 @@ def test_encoded_messages_decode_back(
     assert decode(server_stream, require_mask=False) == [
         Message(payload, binary) for binary, payload, _, _ in messages
     ]
+
+
+def test_a_single_fragment_limit_is_allowed() -> None:
+    decoder = FrameDecoder(BIG, max_fragments=1)
+    assert decoder.feed(client(OP_TEXT, b"whole")) == [Message(b"whole", False)]
+    with pytest.raises(FrameError):
+        decoder.feed(client(OP_TEXT, b"a", fin=False) + client(OP_CONT, b"b"))
+
+
+def test_the_size_count_restarts_after_a_fragmented_message() -> None:
+    # §10.4's cap is per message: what a finished message used does not count against the
+    # next one, fragmented or not.
+    decoder = FrameDecoder(8)
+    assert decoder.feed(client(OP_TEXT, b"abcd", fin=False) + client(OP_CONT, b"efgh")) == [
+        Message(b"abcdefgh", False)
+    ]
+    assert decoder.feed(client(OP_BINARY, b"12345678")) == [Message(b"12345678", True)]
