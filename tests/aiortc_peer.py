@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+import aioice.ice
 import websocket
 from aiortc import (
     RTCConfiguration,
@@ -37,11 +38,19 @@ def first_uri(body: dict[str, Any]) -> list[RTCIceServer]:
     ]
 
 
+def _loopback_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    """aioice's host addresses, loopback only (it leaves loopback out by default, RFC 8445
+    §5.1.1.1, and takes every other interface)."""
+    return (["127.0.0.1"] if use_ipv4 else []) + (["::1"] if use_ipv6 else [])
+
+
 class AiortcPeer:
     """Registers as ``peer_id`` and answers one call at a time.
 
     ``ice`` picks the ICE servers from the /api/turn answer (default: the Flutter apps'
     ``uris[0]``); ``echo`` makes it answer each data-channel text with ``echo: <text>``.
+    ``loopback_only`` keeps its host candidates on loopback, so that no connectivity check
+    goes to the machine's other addresses (tests; the lab's peers use their namespace's).
     """
 
     def __init__(
@@ -52,7 +61,11 @@ class AiortcPeer:
         *,
         ice: IceChoice = first_uri,
         echo: bool = True,
+        loopback_only: bool = False,
     ) -> None:
+        if loopback_only:
+            # Process-wide: every aiortc peer of this test process gathers on loopback only.
+            aioice.ice.get_host_addresses = _loopback_host_addresses
         self.server = server
         self.ice = ice
         self.echo = echo

@@ -36,6 +36,18 @@ CHROMIUM_FLAGS = [
 ]
 
 
+# Pages in tests call relay only unless a test says otherwise: Chromium has no switch that
+# keeps ICE on loopback, and with policy "all" its connectivity checks would go to this
+# machine's other addresses. Relays are on 127.0.0.1; a user's later choice is kept.
+RELAY_ONLY_BY_DEFAULT = """
+try {
+  if (localStorage.getItem("flaskrtc.relayOnly") === null) {
+    localStorage.setItem("flaskrtc.relayOnly", "1");
+  }
+} catch (e) {}
+"""
+
+
 def chromium_path() -> str:
     """Debian's chromium (skip without it; fail in CI)."""
     return require_tool("chromium", "chromium-browser", package="chromium")
@@ -76,7 +88,7 @@ class WebPage:
             )
         ]
 
-    def call(self, peer_id: str, media: str = "video", relay_only: bool = False) -> None:
+    def call(self, peer_id: str, media: str = "video", relay_only: bool = True) -> None:
         self.page.locator("#relay-only").set_checked(relay_only)
         self.peer(peer_id).locator(f".call-{media}").click()
 

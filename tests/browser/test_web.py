@@ -19,7 +19,7 @@ import pytest
 from playwright import sync_api
 
 from tests.aiortc_peer import AiortcPeer
-from tests.browser import CHROMIUM_FLAGS, WebPage, chromium_path
+from tests.browser import CHROMIUM_FLAGS, RELAY_ONLY_BY_DEFAULT, WebPage, chromium_path
 from tests.conftest import Client, ServerProcess
 from tests.firefox import Firefox
 
@@ -80,7 +80,7 @@ def aiortc_peer(web_server: ServerProcess) -> Iterator[Callable[[str, str], Aior
     peers: list[AiortcPeer] = []
 
     def make(peer_id: str, name: str) -> AiortcPeer:
-        peers.append(AiortcPeer(web_server, peer_id, name))
+        peers.append(AiortcPeer(web_server, peer_id, name, loopback_only=True))
         return peers[-1]
 
     yield make
@@ -106,6 +106,7 @@ def new_page(browser: Any, web_server: ServerProcess, shots: Path) -> Iterator[N
     def make(open_now: bool = True, in_browser: Any = None, **context_args: Any) -> WebPage:
         context = (in_browser or browser).new_context(ignore_https_errors=True, **context_args)
         context.set_default_timeout(15000)
+        context.add_init_script(RELAY_ONLY_BY_DEFAULT)
         contexts.append(context)
         page = WebPage(context.new_page(), web_server.base, shots)
         pages.append(page)
@@ -457,14 +458,40 @@ def test_phone_screen(new_page: NewPage) -> None:
 def test_browser_calls_a_python_aiortc_peer_over_turn(
     new_page: NewPage, aiortc_peer: Callable[[str, str], AiortcPeer]
 ) -> None:
-    """The path a Flutter app takes: a non-browser peer answers the page's call via TURN."""
+    """The path a Flutter app takes: a non-browser peer answers the page's call via TURN.
+
+    Every candidate either side offers is on loopback (the page relays through 127.0.0.1,
+    aiortc gathers on loopback only): no check goes to the machine's other addresses."""
     peer = aiortc_peer("424242", "aiortc")
-    a = new_page()
+    a = new_page(open_now=False)
+    a.page.add_init_script(
+        "window.sentFrames = []; const send = WebSocket.prototype.send;"
+        " WebSocket.prototype.send = function (data) {"
+        " window.sentFrames.push(JSON.parse(data)); return send.call(this, data); };"
+    )
+    a.open()
     a.wait_peer(peer.id)
     assert "Flutter" in a.peer(peer.id).inner_text()
-    a.call(peer.id, "video", relay_only=True)
+    a.call(peer.id, "video")  # the tests' default: relay only
     a.wait_state("connected")
     assert a.pair()[0] == "relay"
+    sent: list[dict[str, Any]] = a.page.evaluate("window.sentFrames")
+    page_candidates = [
+        m["data"]["candidate"]["candidate"] for m in sent if m["type"] == "candidate"
+    ]
+    page_candidates += [
+        line[2:] for m in sent if m["type"] == "offer"
+        for line in m["data"]["description"]["sdp"].splitlines() if line.startswith("a=candidate:")
+    ]  # fmt: skip
+    assert peer.pc is not None and peer.pc.localDescription is not None
+    peer_candidates = [
+        line[2:]
+        for line in peer.pc.localDescription.sdp.splitlines()
+        if line.startswith("a=candidate:")
+    ]
+    assert page_candidates and peer_candidates
+    for candidate in page_candidates + peer_candidates:
+        assert candidate.split()[4] in {"127.0.0.1", "::1"}, candidate
     peer.wait(lambda: peer.state == "connected", "aiortc's side of the connection")
     a.wait_video_playing()  # aiortc's generated video arrives in the page
     peer.wait(lambda: peer.frames["video"] > 10, "video frames from the page")
