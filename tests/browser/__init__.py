@@ -89,6 +89,7 @@ class WebPage:
         ]
 
     def call(self, peer_id: str, media: str = "video", relay_only: bool = True) -> None:
+        """Call ``peer_id``; relay only unless told (the NAT lab calls with policy "all")."""
         self.page.locator("#relay-only").set_checked(relay_only)
         self.peer(peer_id).locator(f".call-{media}").click()
 

@@ -48,7 +48,7 @@ class Calls:
         a = self.open_page("a", server, stun_only=ice_a == "stun")
         b = self.open_page("b", server, stun_only=ice_b == "stun")
         a.wait_peer(b.id)
-        a.call(b.id, "data")
+        a.call(b.id, "data", relay_only=False)  # ICE policy "all": the NATs force the relay
         b.accept()
         for page in (a, b):
             page.wait_state("connected", timeout=45)
@@ -143,7 +143,7 @@ def test_control_without_turn_fails(lab_server: StartServer, calls: Calls) -> No
     a = calls.open_page("a", server, stun_only=True)
     b = calls.open_page("b", server, stun_only=True)
     a.wait_peer(b.id)
-    a.call(b.id, "data")
+    a.call(b.id, "data", relay_only=False)
     b.accept()
     # Ended without connecting: ICE failed, or the page gave up on the call.
     for page in (a, b):
