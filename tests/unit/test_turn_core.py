@@ -848,6 +848,34 @@ def test_unauthenticated_replies_are_rate_limited_per_source_ip() -> None:
     assert [len(r) for r in later] == [1] * 10 + [0]
 
 
+def test_unauthenticated_bucket_is_per_ip_whatever_the_source_port() -> None:
+    # A spoofed flood varies the source port: the bucket is the address's, not the 5-tuple's.
+    core, _ = make_core(unauth_rate=10, unauth_burst=5)
+    ports = [FiveTuple("udp", (CLIENT.client[0], 1000 + n), CLIENT.server) for n in range(8)]
+    replies = [core.handle(unauth_allocate(), ft, NOW) for ft in ports]
+    assert [len(r) for r in replies] == [1] * 5 + [0] * 3
+
+
+def test_permission_cap_counts_addresses_not_ports() -> None:
+    # RFC 8656 §9: a permission is for an IP address, whatever the port; §10.2: one request
+    # may name several peers, all or nothing. The cap counts the new addresses.
+    core, _ = make_core(max_permissions=2)
+    client = Client(core)
+    client.allocate()
+
+    def permit(*peers: tuple[str, int]) -> Message:
+        msg = Message(Method.CREATE_PERMISSION, Class.REQUEST)
+        msg.attributes[Attr.XOR_PEER_ADDRESS] = peers[0]
+        msg.repeated.extend((Attr.XOR_PEER_ADDRESS, peer) for peer in peers[1:])
+        return client.send(msg)
+
+    # One address on three ports is one permission...
+    assert permit(("203.0.113.5", 1), ("203.0.113.5", 2), ("203.0.113.5", 3)).cls == Class.SUCCESS
+    # ... two new addresses on one port are two: over the cap, and nothing is installed.
+    assert error(permit(("203.0.113.6", 7), ("203.0.113.8", 7))) == 508
+    assert permit(("203.0.113.6", 7)).cls == Class.SUCCESS
+
+
 def test_every_unsigned_reply_counts_binding_400_420_and_401() -> None:
     core, _ = make_core(unauth_rate=1, unauth_burst=4)
     binding = serialize(Message(Method.BINDING, Class.REQUEST))
