@@ -76,8 +76,13 @@ def assert_relayed(a: Report, b: Report, *, protocol: set[str] | None = None) ->
     the server's address. ``protocol``: how a relaying side must reach TURN (Chromium says)."""
     assert "relay" in (a["local"]["type"], b["local"]["type"]), (a, b)
     for report in (a, b):
-        assert relays(report), report
-        assert set(relays(report)) == {SERVER_IP}, report
+        # One relay is enough: the other side may reach it straight through its NAT (a
+        # peer-reflexive pair) before its own relay candidate is even gathered.
+        if report["local"]["type"] == "relay":
+            assert relays(report), report
+        assert set(relays(report)) <= {SERVER_IP}, report
+        if report["remote"]["type"] == "relay":
+            assert report["remote"]["ip"] == SERVER_IP, report
         local = report["local"]
         if protocol is not None and local["type"] == "relay" and "relayProtocol" in local:
             assert local["relayProtocol"] in protocol, report
