@@ -333,9 +333,12 @@ class Connection:
                             self._peers_slot = None
                         item = item[0]
                     batch.append(item)
-                self._queued = 0
+                data = b"".join(batch)
                 # One sendall per batch: fewer syscalls under load, same order on the wire.
-                self._send(sock, b"".join(batch))
+                # The batch counts as unsent until it is out: a client that stops reading
+                # mid-batch reaches the cap however the frames were batched.
+                self._send(sock, data)
+                self._queued = max(0, self._queued - len(data))
                 if self._closing and not self._out:
                     # Our close frame is out; a peer that never answers it is cut off.
                     self._close_sent = True
@@ -471,6 +474,9 @@ class SignalServer:
         self.conns: dict[ConnId, Connection] = {}
         self._next_id = 0
         self._tick = gevent.event.Event()
+        # The deadline the tick loop sleeps until: -inf while it is awake (it reads the
+        # hub's next deadline again before it sleeps), None when it waits for no deadline.
+        self._tick_at: float | None = float("-inf")
         self._emptied = gevent.event.Event()  # set when the last connection has ended
         self._ticker: gevent.Greenlet[Any] | None = None
         self.stopping = False
@@ -535,16 +541,21 @@ class SignalServer:
                 if conn is not None:
                     log.info("%s: closing (%s)", conn, action.reason)
                     conn.close(action.code, action.reason)
-        if self.hub.next_deadline() is not None:
+        deadline = self.hub.next_deadline()
+        # Wake the tick loop only for a deadline earlier than the one it sleeps until. Waking
+        # it for any pending deadline made it spin without yielding (its own apply woke it
+        # again) for the whole coalescing window of every peers list.
+        if deadline is not None and (self._tick_at is None or deadline < self._tick_at):
             self._tick.set()
 
     def _tick_loop(self) -> None:
         # Sends coalesced peers lists when the hub says they are due.
         while True:
-            deadline = self.hub.next_deadline()
+            deadline = self._tick_at = self.hub.next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             self._tick.wait(timeout)
             self._tick.clear()
+            self._tick_at = float("-inf")
             self.apply(self.hub.poll(time.monotonic()))
 
     def shutdown(self, timeout: float = CLOSE_TIMEOUT) -> None:

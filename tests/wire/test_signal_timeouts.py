@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import gevent
 import gevent.socket
 import pytest
 
 import flaskrtc.signal.server as signal_server
+from flaskrtc.signal.hub import Action, Hub
 from flaskrtc.signal.server import SignalServer, Transport
 
 
@@ -34,3 +36,44 @@ def test_peer_that_stops_reading_is_dropped_after_the_send_timeout(
         reader.kill()
         theirs.close()
         ours.close()
+
+
+class PendingListHub(Hub):
+    """A hub with a peers list due ``wait`` seconds from now; counts its polls."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__()
+        self.due: float | None = time.monotonic() + wait
+        self.polls = 0
+
+    def next_deadline(self) -> float | None:
+        return self.due
+
+    def poll(self, now: float) -> list[Action]:
+        self.polls += 1
+        if self.due is not None and now >= self.due:
+            self.due = None
+        return []
+
+
+def test_tick_loop_sleeps_until_a_pending_peers_list_is_due() -> None:
+    # While a peers list waits out its coalescing window, the tick loop must sleep until it
+    # is due: it used to wake itself (its own apply set its event) and spin without
+    # yielding for the whole window, stalling every other connection.
+    hub = PendingListHub(wait=0.5)
+    server = SignalServer(keepalive=60, max_message_size=1 << 20, hub=hub)
+    ticker = gevent.spawn(server._tick_loop)
+    try:
+        gevent.idle()  # the loop reads the deadline and sleeps
+        for _ in range(50):  # messages forwarded meanwhile: each applies the hub's actions
+            server.apply([])
+            gevent.idle()
+        assert hub.due is not None, "the loop spun until the deadline had passed"
+        assert hub.polls <= 1, hub.polls
+        # An earlier deadline wakes it at once.
+        hub.due = time.monotonic() - 1
+        server.apply([])
+        gevent.idle()
+        assert hub.due is None and hub.polls >= 1
+    finally:
+        ticker.kill()
