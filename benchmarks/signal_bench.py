@@ -118,6 +118,8 @@ def start_server(workdir: Path, keepalive: float = 5.0) -> tuple[subprocess.Pope
     config.write_text(
         "[general]\nbind = 127.0.0.1\nport = 0\ntls = false\n"
         f"keepalive = {keepalive}\nhtml_root = {REPO / 'web'}\n"
+        # Every client comes from 127.0.0.1: no per-IP rate limit or connection cap.
+        "rate_limit = 0\nmax_connections_per_ip = 0\nmax_connections = 0\n"
         "[turn]\nsecret = bench\n"
     )
     proc = subprocess.Popen(

@@ -159,9 +159,11 @@ def start_flaskrtc(workdir: Path, *, wildcard: bool = False) -> tuple[Server, st
     config.write_text(
         "[general]\nbind = 127.0.0.1\nport = 0\ntls = false\n"
         f"html_root = {REPO / 'web'}\nlog_level = INFO\n"
+        "rate_limit = 0\nmax_connections_per_ip = 0\n"
         f"[turn]\nsecret = {SECRET}\n{turn_addr}\nport = 0\n"
         "tls_port = 0\nallowed_peer_ip = 127.0.0.1\nmin_port = 40000\nmax_port = 49999\n"
-        "user_quota = 0\ntotal_quota = 0\n"
+        # All clients on 127.0.0.1: no per-IP quota, no rate limit on unsigned replies.
+        "user_quota = 0\ntotal_quota = 0\nip_quota = 0\nunauth_rate = 0\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     server = Server(
