@@ -62,6 +62,7 @@ from flaskrtc.turn.stun import (  # noqa: E402
     decode_channel_data,
     encode_channel_data,
     is_channel_data,
+    next_frame_length,
 )
 from tests.conftest import Client, ServerProcess  # noqa: E402
 
@@ -224,7 +225,7 @@ class Link:
             if self.transport == "udp":
                 return self.sock.recv(65536)
             while True:
-                size = self._framed_size()
+                size = next_frame_length(self.buffer)  # RFC 8656 §12.5 framing
                 if size is not None and len(self.buffer) >= size:
                     frame, self.buffer = self.buffer[:size], self.buffer[size:]
                     return frame
@@ -234,14 +235,6 @@ class Link:
                 self.buffer += chunk
         except TimeoutError:
             return None
-
-    def _framed_size(self) -> int | None:
-        if len(self.buffer) < 4:
-            return None
-        length = int.from_bytes(self.buffer[2:4], "big")
-        if self.buffer[0] & 0xC0 == 0x40:  # ChannelData, padded to 4 over streams (§12.5)
-            return 4 + (length + 3) // 4 * 4
-        return 20 + length
 
     def close(self) -> None:
         self.sock.close()

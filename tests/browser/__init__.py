@@ -64,6 +64,19 @@ class WebPage:
         page.on("pageerror", lambda err: self.errors.append(str(err)))
         self.id = ""
 
+    def record_sent_frames(self) -> None:
+        """From the next load on, keep every frame the page sends in ``window.sentFrames``
+        (the socket still delivers them); read them with :meth:`sent_frames`."""
+        self.page.add_init_script(
+            "window.sentFrames = []; const send = WebSocket.prototype.send;"
+            " WebSocket.prototype.send = function (data) {"
+            " window.sentFrames.push(JSON.parse(data)); return send.call(this, data); };"
+        )
+
+    def sent_frames(self) -> list[dict[str, Any]]:
+        frames: list[dict[str, Any]] = self.page.evaluate("window.sentFrames")
+        return frames
+
     def open(self) -> WebPage:
         """Load the page and wait until it is registered; remember its id."""
         self.page.goto(self.base + "/")
@@ -88,9 +101,11 @@ class WebPage:
             )
         ]
 
-    def call(self, peer_id: str, media: str = "video", relay_only: bool = True) -> None:
-        """Call ``peer_id``; relay only unless told (the NAT lab calls with policy "all")."""
-        self.page.locator("#relay-only").set_checked(relay_only)
+    def call(self, peer_id: str, media: str = "video", relay_only: bool | None = None) -> None:
+        """Call ``peer_id``; ``relay_only`` None keeps the page's setting (relay only in the
+        browser tests, see RELAY_ONLY_BY_DEFAULT; policy "all" in the NAT lab)."""
+        if relay_only is not None:
+            self.page.locator("#relay-only").set_checked(relay_only)
         self.peer(peer_id).locator(f".call-{media}").click()
 
     def wait_incoming(self) -> str:

@@ -394,12 +394,7 @@ def test_messages_the_page_sends_follow_the_protocol(
 ) -> None:
     """What the page puts on the wire: the shapes ../shared/PROTOCOL.md and the apps use."""
     a = new_page(open_now=False)
-    # Record every frame the page sends (the socket still delivers them itself).
-    a.page.add_init_script(
-        "window.sentFrames = []; const send = WebSocket.prototype.send;"
-        " WebSocket.prototype.send = function (data) {"
-        " window.sentFrames.push(JSON.parse(data)); return send.call(this, data); };"
-    )
+    a.record_sent_frames()
     a.open()
     b = server_client()
     hostile = '<img src=x onerror="window.pwned = 1">'
@@ -413,7 +408,7 @@ def test_messages_the_page_sends_follow_the_protocol(
     candidate = b.expect("candidate")["data"]
     a.hangup()
     bye = b.expect("bye")["data"]
-    sent: list[dict[str, Any]] = a.page.evaluate("window.sentFrames")
+    sent = a.sent_frames()
     assert sent[0] == {
         "type": "new",
         "data": {
@@ -464,18 +459,14 @@ def test_browser_calls_a_python_aiortc_peer_over_turn(
     aiortc gathers on loopback only): no check goes to the machine's other addresses."""
     peer = aiortc_peer("424242", "aiortc")
     a = new_page(open_now=False)
-    a.page.add_init_script(
-        "window.sentFrames = []; const send = WebSocket.prototype.send;"
-        " WebSocket.prototype.send = function (data) {"
-        " window.sentFrames.push(JSON.parse(data)); return send.call(this, data); };"
-    )
+    a.record_sent_frames()
     a.open()
     a.wait_peer(peer.id)
     assert "Flutter" in a.peer(peer.id).inner_text()
     a.call(peer.id, "video")  # the tests' default: relay only
     a.wait_state("connected")
     assert a.pair()[0] == "relay"
-    sent: list[dict[str, Any]] = a.page.evaluate("window.sentFrames")
+    sent = a.sent_frames()
     page_candidates = [
         m["data"]["candidate"]["candidate"] for m in sent if m["type"] == "candidate"
     ]
