@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import mimetypes
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from flask import Flask, Response, abort, jsonify, request, send_from_directory
@@ -13,7 +14,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException, NotFound
 
 from flaskrtc.auth import TokenError, verify_token
-from flaskrtc.config import Config
+from flaskrtc.config import Config, public_ips
 from flaskrtc.ratelimit import retry_after_header
 from flaskrtc.resources import resolve_html_root
 from flaskrtc.signal.server import TRANSPORT_KEY, SignalServer
@@ -71,22 +72,65 @@ def _host_of(host_header: str) -> str:
     return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
 
 
-def turn_uris(config: Config, request_host: str) -> list[str]:
-    """The ICE server URIs for /api/turn: UDP first (the apps use only ``uris[0]``)."""
+def _family(host: str) -> int | None:
+    """4 or 6 for an IP literal (``[::1]`` too), None for a host name."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).version
+    except ValueError:
+        return None
+
+
+def _uri_host(host: str) -> str:
+    # An IPv6 literal goes in brackets in a URI (RFC 7065 §3.1).
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def turn_uris(
+    config: Config,
+    request_host: str,
+    families: Collection[int] = (4, 6),
+    client_family: int = 4,
+) -> list[str]:
+    """The ICE server URIs for /api/turn: UDP first (the apps use only ``uris[0]``).
+
+    ``families`` are the address families the TURN server listens on: an address of any
+    other family is never handed out. With ``[turn] public_ip`` its addresses are used, the
+    one of ``client_family`` (how the client reached /api/turn) first; else the host the
+    client used, or, when that is an address of a family TURN does not listen on, its
+    loopback or ``[turn] bind`` counterpart, else nothing (an empty list, logged).
+    """
     turn = config.turn
-    host = turn.public_ip or _host_of(request_host) or "127.0.0.1"
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"  # an IPv6 literal in a URI (RFC 7065 §3.1)
-    uris = [
-        f"turn:{host}:{turn.port}?transport=udp",
-        f"turn:{host}:{turn.port}?transport=tcp",
-    ]
+    hosts = [ip for ip in public_ips(turn.public_ip) if _family(ip) in families]
+    hosts.sort(key=lambda ip: _family(ip) != client_family)
+    if not hosts:
+        host = _host_of(request_host).strip("[]") or "127.0.0.1"
+        family = _family(host)
+        if family is not None and family not in families:
+            bind = turn.bind if _family(turn.bind) in families else ""
+            if ipaddress.ip_address(host).is_loopback:
+                host = "::1" if family == 4 else "127.0.0.1"
+            elif bind and not ipaddress.ip_address(bind).is_unspecified:
+                host = bind
+            else:
+                log.warning(
+                    "/api/turn: TURN does not listen on IPv%d, which this client used (%s): "
+                    "no TURN URI to give; set [turn] public_ip or [turn] bind = ::",
+                    family,
+                    host,
+                )
+                return []
+        hosts = [host]
+    uris: list[str] = []
+    for host in hosts:
+        uris.append(f"turn:{_uri_host(host)}:{turn.port}?transport=udp")
+        uris.append(f"turn:{_uri_host(host)}:{turn.port}?transport=tcp")
     if turn.tls_port:
         # The certificate names `domain`; with the default "localhost" the client's own
         # host name is the better guess.
         domain = config.general.domain
-        tls_host = domain if domain and domain != "localhost" else host
-        uris.append(f"turns:{tls_host}:{turn.tls_port}?transport=tcp")
+        tls_hosts = [domain] if domain and domain != "localhost" else hosts
+        for host in tls_hosts:
+            uris.append(f"turns:{_uri_host(host)}:{turn.tls_port}?transport=tcp")
     return uris
 
 
@@ -96,16 +140,19 @@ def create_app(
     *,
     clock: Callable[[], float] = time.time,
     rate_gate: Callable[[str], float] | None = None,
+    turn_families: Collection[int] = (4, 6),
 ) -> Flask:
     """Build the Flask app for ``config``; ``signal`` serves the WebSocket connections.
 
     ``rate_gate(ip)`` limits /api/turn: 0 lets a request through, else it is answered 429
-    with that many seconds in ``Retry-After``.
+    with that many seconds in ``Retry-After``. ``turn_families``: the address families the
+    TURN server listens on (the only ones /api/turn names).
     """
     secret = config.auth.secret
     html_root = resolve_html_root(config.general.html_root)
     if html_root != Path(config.general.html_root).resolve():
-        log.info("web demo: the copy built into this binary (no ./web here)")
+        # Which copy: the binary's, the installed package's or the checkout's.
+        log.info("web demo files: %s (no ./web here)", html_root)
     app = Flask("flaskrtc", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
 
@@ -170,7 +217,9 @@ def create_app(
             username=cred.username,
             password=cred.password,
             ttl=cred.ttl,
-            uris=turn_uris(config, request.host),
+            uris=turn_uris(
+                config, request.host, turn_families, _family(client_ip().split("%")[0]) or 4
+            ),
         )
 
     @app.route("/ws", websocket=True)

@@ -33,7 +33,7 @@ class GeneralConfig:
     domain: str = "localhost"
     cert: str = "configs/certs/cert.pem"
     key: str = "configs/certs/key.pem"
-    bind: str = "0.0.0.0"
+    bind: str = "::"  # IPv6 and IPv4 (one dual-stack socket); IPv4 alone without IPv6
     port: int = 8086
     html_root: str = "web"
     tls: bool = True
@@ -64,7 +64,7 @@ class TurnConfig:
     public_ip: str = ""  # empty: /api/turn uses the host name the client used
     port: int = 19302
     tls_port: int = 5349  # 0 = TURN over TLS off
-    bind: str = "0.0.0.0"
+    bind: str = "::"  # IPv6 and IPv4: dual-stack, or a socket per family
     realm: str = "flutter-webrtc"
     secret: str = ""  # empty: generated and kept in a file beside the config
     ttl: int = 86400  # seconds, >= 60
@@ -207,17 +207,30 @@ def _ip(text: str) -> str:
 
 
 def _public_ip(text: str) -> str:
-    expected = "an IP address clients can reach (not 0.0.0.0 or ::), or empty"
-    text = text.strip()
-    if not text:
+    expected = (
+        "an IP address clients can reach (not 0.0.0.0 or ::), or one IPv4 and one IPv6 "
+        "address separated by a comma, or empty"
+    )
+    parts = [part.strip() for part in text.split(",")]
+    if parts == [""]:
         return ""
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        raise ValueError(expected) from None
-    if address.is_unspecified:
+    addresses = []
+    for part in parts:
+        try:
+            address = ipaddress.ip_address(part)
+        except ValueError:
+            raise ValueError(expected) from None
+        if address.is_unspecified:
+            raise ValueError(expected)
+        addresses.append(address)
+    if len(addresses) > 2 or len({a.version for a in addresses}) != len(addresses):
         raise ValueError(expected)
-    return str(address)
+    return ", ".join(str(a) for a in addresses)
+
+
+def public_ips(public_ip: str) -> list[str]:
+    """The addresses of a validated ``[turn] public_ip`` (none, one, or IPv4 and IPv6)."""
+    return [part.strip() for part in public_ip.split(",") if part.strip()]
 
 
 def _domain(text: str) -> str:

@@ -38,7 +38,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from flaskrtc import __version__
-from flaskrtc.config import SECRET_FILE_NAME, Config, ConfigError, load_config
+from flaskrtc.config import SECRET_FILE_NAME, Config, ConfigError, load_config, public_ips
 from flaskrtc.turn.client import (
     DataIndication,
     Request,
@@ -472,10 +472,26 @@ def address_is_local(ip: str) -> bool:
 def check_public_ip(config: Config, is_local: Callable[[str], bool] = address_is_local) -> Row:
     """``[turn] public_ip``: unset, an address of this host, or a NAT's; and reachable from
     the internet or not."""
-    turn, name = config.turn, "public ip"
-    ip = turn.public_ip
-    if not ip:
+    name = "public ip"
+    ips = public_ips(config.turn.public_ip)
+    if not ips:
         return Row(name, Status.OK, "not set: relays use the address each client reached")
+    rows = [_check_one_public_ip(config, ip, is_local) for ip in ips]
+    if len(rows) == 1:
+        return rows[0]
+    # One IPv4 and one IPv6 address: one row, as bad as the worse of the two.
+    order = [Status.OK, Status.SKIP, Status.WARN, Status.FAIL]
+    worst = max(rows, key=lambda row: order.index(row.status)).status
+    return Row(
+        name,
+        worst,
+        "; ".join(row.detail for row in rows),
+        "; ".join(row.fix for row in rows if row.fix),
+    )
+
+
+def _check_one_public_ip(config: Config, ip: str, is_local: Callable[[str], bool]) -> Row:
+    turn, name = config.turn, "public ip"
     address = ipaddress.ip_address(ip)
     tls = f", TCP {turn.tls_port}" if turn.tls_port else ""
     forward = (
@@ -543,7 +559,8 @@ def _url_host(host: str) -> str:
 
 def _local_host(bind: str) -> str:
     """Where to reach a server bound on ``bind`` from this host."""
-    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bind, bind)
+    # "::" is dual-stack by default (or IPv4 alone on a host without IPv6): 127.0.0.1 works.
+    return {"0.0.0.0": "127.0.0.1", "::": "127.0.0.1"}.get(bind, bind)
 
 
 def default_url(config: Config) -> str | None:

@@ -9,6 +9,7 @@ import signal as stdsignal
 import socket
 import ssl
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +21,21 @@ from gevent.pywsgi import WSGIServer
 
 from flaskrtc import __version__
 from flaskrtc.app import create_app
-from flaskrtc.config import Config
+from flaskrtc.config import Config, public_ips
 from flaskrtc.ratelimit import ConnectionLimits, LogThrottle, RateLimiter
-from flaskrtc.signal.server import SignalingHandler, SignalServer
+from flaskrtc.signal.server import SignalingHandler, SignalServer, unmapped
 from flaskrtc.tls import HandshakeGuard, ensure_certificate, make_ssl_context
 from flaskrtc.turn.addressing import is_wildcard
 from flaskrtc.turn.auth import Credentials, Nonces
 from flaskrtc.turn.core import Limits, TurnCore
 from flaskrtc.turn.policy import PeerPolicy
-from flaskrtc.turn.server import TurnServer, UdpRelayPorts, relay_addressing
+from flaskrtc.turn.server import (
+    TurnServer,
+    UdpRelayPorts,
+    bound_socket,
+    listen_hosts,
+    relay_addressing,
+)
 
 log = logging.getLogger("flaskrtc.server")
 http_log = logging.getLogger("flaskrtc.http")
@@ -92,7 +99,7 @@ def _ssl_context(config: Config) -> ssl.SSLContext | None:
     if not general.tls and not config.turn.tls_port:
         return None
     cert, key = Path(general.cert), Path(general.key)
-    hosts = [general.domain, config.turn.public_ip]
+    hosts = [general.domain, *public_ips(config.turn.public_ip)]
     try:
         if ensure_certificate(cert, key, hosts):
             log.info("generated a self-signed certificate: %s (key %s)", cert, key)
@@ -181,6 +188,7 @@ class ConnectionCap:
 
 
 def _ip(address: Any) -> str:
+    address = unmapped(address)  # the same key for an IPv4 client over a dual-stack socket
     return str(address[0]) if isinstance(address, tuple) else str(address)
 
 
@@ -213,9 +221,12 @@ def request_gate(limiter: RateLimiter, endpoint: str) -> Any:
 
 
 def build_server(
-    config: Config, ssl_context: ssl.SSLContext | None
+    config: Config,
+    ssl_context: ssl.SSLContext | None,
+    turn_families: Collection[int] = (4, 6),
 ) -> tuple[WSGIServer, SignalServer]:
-    """Create (not start) the HTTP(S) server and the signaling server for ``config``."""
+    """Create (not start) the HTTP(S) server and the signaling server for ``config``;
+    ``turn_families``: the address families the TURN server listens on."""
     general = config.general
     signal = SignalServer(
         keepalive=general.keepalive,
@@ -225,18 +236,24 @@ def build_server(
     # One limiter for both endpoints, with a bucket per (endpoint, IP): a burst of
     # /api/turn requests (the connection check makes four) never blocks a reconnect.
     limiter = RateLimiter(general.rate_limit)
-    app = create_app(config, signal, rate_gate=request_gate(limiter, "/api/turn"))
+    app = create_app(
+        config,
+        signal,
+        rate_gate=request_gate(limiter, "/api/turn"),
+        turn_families=turn_families,
+    )
     kwargs: dict[str, Any] = {}
     if general.tls:
         kwargs["ssl_context"] = ssl_context
-    family = socket.AF_INET6 if ":" in general.bind else socket.AF_INET
-    listener = gevent.socket.socket(family, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # bind "::": one dual-stack socket (IPv6 and IPv4). Where the OS cannot make one, or
+    # has no IPv6, IPv4 alone, said in a warning: a WSGI server takes one socket.
+    hosts = listen_hosts(general.bind)
+    host, v6only = hosts[0] if len(hosts) == 1 else hosts[-1]
+    if len(hosts) > 1:
+        log.warning("this OS has no dual-stack sockets: HTTP(S) listens on IPv4 (0.0.0.0) only")
     try:
-        listener.bind((general.bind, general.port))
-        listener.listen(1024)
+        listener = bound_socket(socket.SOCK_STREAM, host, general.port, v6only)
     except OSError as err:
-        listener.close()
         raise StartupError(f"cannot listen on {general.bind}:{general.port}: {err}") from err
     server = _WSGIServer(
         listener,
@@ -266,7 +283,7 @@ def run(config: Config) -> int:
             config,
             turn=dataclasses.replace(config.turn, port=turn.udp_address[1], tls_port=tls_port),
         )
-        server, signal = build_server(config, ssl_context)
+        server, signal = build_server(config, ssl_context, sorted(turn.families))
     except StartupError as err:
         if turn is not None:
             turn.stop()
@@ -279,10 +296,11 @@ def run(config: Config) -> int:
         log.info("%s", line)
     turn_host = _url_host(config.turn.bind)
     log.info(
-        "turn: listening on udp and tcp %s:%d%s; relay ports %d-%d",
+        "turn: listening on udp and tcp %s:%d%s (%s); relay ports %d-%d",
         turn_host,
         config.turn.port,
         f", tls {turn_host}:{config.turn.tls_port}" if config.turn.tls_port else "",
+        " and ".join(f"IPv{family}" for family in sorted(turn.families, reverse=True)),
         config.turn.min_port,
         config.turn.max_port,
     )

@@ -14,6 +14,7 @@ on the upgrade (429), and ends the HTTP connection with the WebSocket session.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import socket
@@ -97,6 +98,18 @@ def _shutdown_socket(sock: socket.socket, how: int) -> None:
         pass  # already closed or reset: nothing left to wake
 
 
+def unmapped(address: Any) -> Any:
+    """``address`` with an IPv4-mapped IPv6 host (``::ffff:a.b.c.d``) as the IPv4 one."""
+    if isinstance(address, tuple) and str(address[0]).lower().startswith("::ffff:"):
+        try:
+            mapped = ipaddress.IPv6Address(address[0]).ipv4_mapped
+        except ValueError:
+            return address
+        if mapped is not None:
+            return (str(mapped), address[1])
+    return address
+
+
 class Transport:
     """The upgraded socket handed from the handler to the signaling loop."""
 
@@ -120,6 +133,11 @@ class SignalingHandler(WebSocketHandler):  # type: ignore[misc]
     # through, else the seconds the client must wait (per-IP rate limit, answered 429).
     _head_timer: gevent.Timeout | None = None
     _head_started = False
+
+    def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
+        # A dual-stack listener sees an IPv4 client as ::ffff:a.b.c.d; logs, rate limits
+        # and /api/turn's choice of address family want the IPv4 address.
+        super().__init__(sock, unmapped(address), server, rfile)
 
     def upgrade_connection(self) -> list[bytes] | None:
         if self.environ.get("PATH_INFO") != WS_PATH:

@@ -10,9 +10,12 @@ can send to it. The rules, in order:
    packet's destination, read with ``IP_PKTINFO``; the accepted stream's ``getsockname()``) and
    advertised with it, as coturn does per listener. A client that came over a public address
    gets a relay there, never a loopback one.
+   A relay of the other address family than the arrival address (RFC 8656 §7.2: an IPv6
+   client's default IPv4 relay, a dual allocation's IPv6 relay) is on loopback when the
+   client came over loopback, else as in rule 3.
 3. When that address is unknown (no ``IP_PKTINFO`` on this platform, a wildcard listener):
    ``[turn] bind`` if it is one address, else ``fallback`` (the host's first non-loopback
-   address, found by the shell at start-up).
+   address of the family, found by the shell at start-up; none for IPv6: no IPv6 relays).
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ def is_wildcard(ip: str) -> bool:
     return ip in ("", "0.0.0.0", "::")
 
 
+LOOPBACK = {4: "127.0.0.1", 6: "::1"}
+
+
 def _family(ip: str) -> int:
     return 6 if ":" in ip else 4
 
@@ -54,11 +60,17 @@ class RelayAddressing:
     fallback_v4: str = "127.0.0.1"  # rule 3, when the arrival address is unknown
     fallback_v6: str = ""  # "" = no IPv6 relays unless a client arrives over IPv6
 
-    def supports(self, family: int) -> bool:
-        """Whether relays of ``family`` can be given an address a peer could use."""
+    def supports(self, family: int, arrival: str | None = None) -> bool:
+        """Whether a relay of ``family`` can be given an address a peer could use, for a
+        client whose request arrived on local address ``arrival``."""
         if family == 4:
             return True
-        return bool(self.public_v6 or not is_wildcard(self.bind_v6) or self.fallback_v6)
+        if self.public_v6 or not is_wildcard(self.bind_v6) or self.fallback_v6:
+            return True
+        if arrival is None or is_wildcard(arrival):
+            return False
+        here = ipaddress.ip_address(canonical_ip(arrival))
+        return here.version == 6 or here.is_loopback
 
     def choose(self, family: int, arrival: str | None) -> tuple[str, str]:
         """``(bind host, advertised host)`` of a relay of ``family`` (4 or 6) for a client
@@ -72,6 +84,11 @@ class RelayAddressing:
             here = canonical_ip(arrival)
             if _family(here) == family:
                 return here, here
+            if ipaddress.ip_address(here).is_loopback:
+                # A client on loopback gets a relay of the other family on loopback too
+                # (rule 2 for local clients): a peer of that family on this host reaches it.
+                loopback = LOOPBACK[family]
+                return loopback, loopback
         if not is_wildcard(bind):
             return bind, bind
         fallback = self.fallback_v4 if family == 4 else self.fallback_v6

@@ -7,8 +7,9 @@ only to and from this server's own live relay sockets (a permission won by the o
 exception of :mod:`flaskrtc.turn.policy`). They are plain dicts kept current by
 :class:`Allocations`, so a packet is forwarded with one or two dict look-ups and no parsing.
 
-Quotas count allocations and the ports EVEN-PORT reserves for them alike, per user (the
-user part of a REST username), per client IP and in total.
+Quotas count relay ports: an allocation's (two for a dual allocation) and the ports
+EVEN-PORT reserves for them alike, per user (the user part of a REST username), per client
+IP and in total.
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ class Relay(Protocol):
 class RelayPorts(Protocol):
     """Opens and closes relay sockets for the core (the shell's side of the bargain)."""
 
-    def supports(self, family: int) -> bool:
-        """Whether relays of address family 4 or 6 can be opened."""
+    def supports(self, family: int, local: str | None = None) -> bool:
+        """Whether relays of address family 4 or 6 can be opened for a client whose request
+        arrived on server address ``local``."""
         ...
 
     def open(
@@ -103,11 +105,29 @@ class Allocation:
     shell: Any = None  # the shell's per-allocation state (socket reader greenlet)
     user: str = ""  # the quota key: the user part of a REST username, a static user's name
     reservation: bytes | None = None  # token of the port EVEN-PORT's R bit kept (§7.2)
+    # The IPv6 relay of a dual allocation (ADDITIONAL-ADDRESS-FAMILY, RFC 8656 §7.2); then
+    # ``relay`` is the IPv4 one. Datagrams to a peer leave from the relay of its family.
+    second: Relay | None = None
 
     @property
     def family(self) -> int:
-        """4 or 6: the relay's address family."""
+        """4 or 6: the address family of ``relay`` (the first relay)."""
         return 6 if ":" in self.relay.address[0] else 4
+
+    @property
+    def families(self) -> tuple[int, ...]:
+        """The address families this allocation relays: one, or (4, 6) when dual."""
+        return (self.family,) if self.second is None else (self.family, 6)
+
+    @property
+    def relays(self) -> tuple[Relay, ...]:
+        """Every relay of this allocation, ``relay`` first."""
+        return (self.relay,) if self.second is None else (self.relay, self.second)
+
+    def relay_for(self, ip: str) -> Relay:
+        """The relay datagrams to a peer at ``ip`` leave from: the one of its family."""
+        second = self.second
+        return self.relay if second is None or ":" not in ip else second
 
     def permit(self, ip: str, now: float, *, relays_only: bool = False) -> None:
         """Install or refresh the permission for ``ip`` (RFC 8656 §9, §10.2); with
@@ -183,6 +203,7 @@ class Allocations:
         self.per_ip: dict[str, int] = {}
         self.reservations: dict[bytes, Reservation] = {}
         self.live = LiveRelays(self.by_public, self.by_relay)
+        self._total = 0  # relay ports held by allocations and reservations
 
     def __len__(self) -> int:
         return len(self.by_five_tuple)
@@ -192,14 +213,16 @@ class Allocations:
 
     @property
     def total(self) -> int:
-        """Allocations and reservations: what holds a relay port (for total_quota)."""
-        return len(self.by_five_tuple) + len(self.reservations)
+        """Relay ports held by allocations (two for a dual one) and reservations (for
+        total_quota)."""
+        return self._total
 
     def get(self, five_tuple: FiveTuple) -> Allocation | None:
         """The allocation of ``five_tuple``, if any."""
         return self.by_five_tuple.get(five_tuple)
 
     def _count(self, owner: Allocation, delta: int) -> None:
+        self._total += delta
         for table, key in ((self.per_user, owner.user), (self.per_ip, owner.five_tuple.client[0])):
             left = table.get(key, 0) + delta
             if left > 0:
@@ -208,22 +231,39 @@ class Allocations:
                 table.pop(key, None)
 
     def add(self, allocation: Allocation) -> None:
-        """Register a new allocation."""
+        """Register a new allocation (each of its relays counts in the quotas)."""
         self.by_five_tuple[allocation.five_tuple] = allocation
-        self.by_relay[allocation.relay.address] = allocation
-        self.by_public[allocation.relay.public] = allocation
-        self._count(allocation, 1)
+        for relay in allocation.relays:
+            self.by_relay[relay.address] = allocation
+            self.by_public[relay.public] = allocation
+        self._count(allocation, len(allocation.relays))
 
     def remove(self, allocation: Allocation) -> None:
-        """Delete ``allocation``, its reservation, and release its relay socket (once)."""
+        """Delete ``allocation``, its reservation, and release its relay sockets (once)."""
         if self.by_five_tuple.pop(allocation.five_tuple, None) is None:
             return
-        self.by_relay.pop(allocation.relay.address, None)
-        self.by_public.pop(allocation.relay.public, None)
-        self._count(allocation, -1)
-        self.ports.close(allocation.relay)
+        for relay in allocation.relays:
+            self.by_relay.pop(relay.address, None)
+            self.by_public.pop(relay.public, None)
+            self.ports.close(relay)
+        self._count(allocation, -len(allocation.relays))
         if allocation.reservation is not None:
             self.drop_reservation(allocation.reservation)
+
+    def remove_family(self, allocation: Allocation, family: int) -> None:
+        """Delete one relay of a dual allocation (RFC 8656 §8: a Refresh to 0 with
+        REQUESTED-ADDRESS-FAMILY); the other goes on. A single relay: the whole allocation."""
+        if allocation.second is None:
+            self.remove(allocation)
+            return
+        gone = allocation.second if family == 6 else allocation.relay
+        if family != 6:
+            allocation.relay = allocation.second
+        allocation.second = None
+        self.by_relay.pop(gone.address, None)
+        self.by_public.pop(gone.public, None)
+        self.ports.close(gone)
+        self._count(allocation, -1)
 
     def reserve(self, token: bytes, relay: Relay, expires: float, owner: Allocation) -> None:
         """Keep ``relay`` for a later Allocate with ``token``, on ``owner``'s quotas."""

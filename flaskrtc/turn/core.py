@@ -274,10 +274,14 @@ class TurnCore:
             handler = self._handlers.get(msg.method)
             if handler is None:
                 raise TurnError(400, key=key)
-            attributes = handler(msg, ft, now, key, username)
-            if isinstance(attributes, bytes):
-                return attributes  # a retransmitted Allocate: the same response again
+            result = handler(msg, ft, now, key, username)
+            if isinstance(result, bytes):
+                return result  # a retransmitted Allocate: the same response again
+            # A handler returns attributes, or attributes and repeated ones (a dual
+            # allocation's second XOR-RELAYED-ADDRESS).
+            attributes, repeated = result if isinstance(result, tuple) else (result, [])
             reply = msg.response(Class.SUCCESS, attributes)
+            reply.repeated = repeated
             data = serialize(reply, integrity_key=key, fingerprint=fingerprint)
             if msg.method == Method.ALLOCATE:
                 allocation = self.allocations.get(ft)
@@ -363,7 +367,7 @@ class TurnCore:
 
     def _allocate(
         self, msg: Message, ft: FiveTuple, now: float, key: bytes, username: str
-    ) -> dict[int, Any] | bytes:
+    ) -> dict[int, Any] | tuple[dict[int, Any], list[tuple[int, Any]]] | bytes:
         attrs = msg.attributes
         existing = self.allocations.get(ft)
         if existing is not None:
@@ -384,24 +388,45 @@ class TurnCore:
         token = attrs.get(Attr.RESERVATION_TOKEN)
         even = attrs.get(Attr.EVEN_PORT)
         family_attr = attrs.get(Attr.REQUESTED_ADDRESS_FAMILY)
-        if token is not None and (even is not None or family_attr is not None):
-            raise TurnError(400, key=key)  # §7.2 steps 4 and 5
+        additional = attrs.get(Attr.ADDITIONAL_ADDRESS_FAMILY)
+        if token is not None and (
+            even is not None or family_attr is not None or additional is not None
+        ):
+            raise TurnError(400, key=key)  # §7.2 steps 4 and 5: a token names its relay
+        if family_attr is not None and additional is not None:
+            raise TurnError(400, key=key)  # §7.2: one or the other
+        if additional is not None and additional != FAMILY_IPV6:
+            raise TurnError(400, key=key)  # §7.2: IPv6 is the only additional family
         family = 4
         if family_attr is not None:
             if family_attr not in (FAMILY_IPV4, FAMILY_IPV6):
                 raise TurnError(440, key=key)
             family = 4 if family_attr == FAMILY_IPV4 else 6
         ports = self.allocations.ports
-        if not ports.supports(family):
+        local = ft.server[0]
+        if not ports.supports(family, local):
             raise TurnError(440, key=key)
+        # A dual allocation (ADDITIONAL-ADDRESS-FAMILY, §7.2) that cannot have its IPv6 relay
+        # is still an IPv4 allocation: the success response says why in ADDRESS-ERROR-CODE.
+        dual = additional is not None
+        dual_error = 0
+        if dual and not ports.supports(6, local):
+            dual, dual_error = False, 440
         user = self.credentials.user_of(username)
         reservation: Reservation | None = None
         if token is not None:
             reservation = self.allocations.reservations.get(token)
             if reservation is None:
                 raise TurnError(508, key=key)
-        # The R bit keeps a second port: it counts in the quotas as much as an allocation.
-        self._check_quotas(user, ft.client[0], 2 if even is True else 1, reservation, key)
+        # The R bit keeps a second port, a dual allocation holds two: each port counts in
+        # the quotas as much as an allocation.
+        need = 2 if even is True else 1
+        if dual:
+            try:
+                self._check_quotas(user, ft.client[0], need + 1, reservation, key)
+            except TurnError:
+                dual, dual_error = False, 486
+        self._check_quotas(user, ft.client[0], need, reservation, key)
 
         extra: dict[int, Any] = {}
         relay: Relay | None
@@ -410,20 +435,24 @@ class TurnCore:
             self.allocations.take_reservation(token)
             relay = reservation.relay
         elif even is not None:
-            relay = ports.open(family, even=True, local=ft.server[0])
+            # In a dual allocation EVEN-PORT applies to the first (IPv4) relay.
+            relay = ports.open(family, even=True, local=local)
             if relay is None:
                 raise TurnError(508, key=key)
             if even:
                 # R bit: keep the next port too, for the RTCP allocation (§7.2, §14.6).
-                kept = ports.open(family, port=relay.address[1] + 1, local=ft.server[0])
+                kept = ports.open(family, port=relay.address[1] + 1, local=local)
                 if kept is None:
                     ports.close(relay)
                     raise TurnError(508, key=key)
         else:
-            relay = ports.open(family, local=ft.server[0])
+            relay = ports.open(family, local=local)
             if relay is None:
                 raise TurnError(508, key=key)
         assert relay is not None
+        second = ports.open(6, local=local) if dual else None
+        if dual and second is None:
+            dual_error = 508
 
         lifetime = self._lifetime(msg)
         allocation = Allocation(
@@ -434,9 +463,10 @@ class TurnCore:
             expires=now + lifetime,
             transaction_id=msg.transaction_id,
             user=user,
+            second=second,
         )
         self.allocations.add(allocation)
-        for opened in (relay, kept):
+        for opened in (relay, kept, second):
             if opened is not None:
                 self._learn_host_address(opened.address[0])
                 self._learn_host_address(opened.public[0])
@@ -446,17 +476,19 @@ class TurnCore:
                 reservation_token, kept, now + RESERVATION_LIFETIME, allocation
             )
             extra[Attr.RESERVATION_TOKEN] = reservation_token
-        additional = attrs.get(Attr.ADDITIONAL_ADDRESS_FAMILY)
-        if additional is not None:
-            # Dual allocation (RFC 8656 §7.2) is not offered: say so for the second family.
-            extra[Attr.ADDRESS_ERROR_CODE] = (additional, 440, REASONS[440])
+        if dual_error:
+            extra[Attr.ADDRESS_ERROR_CODE] = (FAMILY_IPV6, dual_error, REASONS[dual_error])
         log.debug("allocation %s for %s via %s", relay.public, username, ft.client)
-        return {
+        attributes = {
             Attr.XOR_RELAYED_ADDRESS: relay.public,
             **extra,
             Attr.LIFETIME: lifetime,
             Attr.XOR_MAPPED_ADDRESS: ft.client,
         }
+        if second is None:
+            return attributes
+        # §7.3: a dual allocation's response carries one XOR-RELAYED-ADDRESS per family.
+        return attributes, [(Attr.XOR_RELAYED_ADDRESS, second.public)]
 
     def _check_quotas(
         self, user: str, ip: str, need: int, reservation: Reservation | None, key: bytes
@@ -508,15 +540,19 @@ class TurnCore:
     ) -> dict[int, Any]:
         allocation = self._own(ft, key, username)
         family_attr = msg.attributes.get(Attr.REQUESTED_ADDRESS_FAMILY)
-        if (
-            family_attr is not None
-            and (4 if family_attr == FAMILY_IPV4 else 6) != allocation.family
-        ):
-            raise TurnError(443, key=key)
+        family: int | None = None
+        if family_attr is not None:
+            family = {FAMILY_IPV4: 4, FAMILY_IPV6: 6}.get(family_attr, 0)
+            if family not in allocation.families:
+                raise TurnError(443, key=key)  # §8.2: not a family of this allocation
         requested = msg.attributes.get(Attr.LIFETIME)
         if requested == 0:
-            # §8.2: a zero lifetime deletes the allocation at once.
-            self.allocations.remove(allocation)
+            # §8.2: a zero lifetime deletes the allocation at once; with
+            # REQUESTED-ADDRESS-FAMILY, only that family's relay of a dual allocation.
+            if family is not None:
+                self.allocations.remove_family(allocation, family)
+            else:
+                self.allocations.remove(allocation)
             return {Attr.LIFETIME: 0}
         lifetime = self._lifetime(msg)
         allocation.expires = now + lifetime
@@ -526,8 +562,8 @@ class TurnCore:
         """``(peer, relays_only)`` for a requested peer address, or 400/443/403."""
         if not isinstance(peer, tuple):
             raise TurnError(400, key=key)
-        if (6 if ":" in peer[0] else 4) != allocation.family:
-            raise TurnError(443, key=key)
+        if (6 if ":" in peer[0] else 4) not in allocation.families:
+            raise TurnError(443, key=key)  # §9.2, §12.2: no relay of the peer's family
         access = self.policy.classify(peer[0], peer[1], self._live, self.host_addresses)
         if access is Access.DENIED:
             raise TurnError(403, key=key)

@@ -100,9 +100,9 @@ class UdpRelayPorts:
         self.min_port, self.max_port = min_port, max_port
         self.on_open = on_open
 
-    def supports(self, family: int) -> bool:
-        """IPv4 always; IPv6 when an IPv6 relay address is known."""
-        return self.addressing.supports(family)
+    def supports(self, family: int, local: str | None = None) -> bool:
+        """IPv4 always; IPv6 when an IPv6 relay address is known for this client."""
+        return self.addressing.supports(family, local)
 
     def open(
         self,
@@ -128,7 +128,10 @@ class UdpRelayPorts:
         af = socket.AF_INET6 if family == 6 else socket.AF_INET
         host, public = self.addressing.choose(family, local)
         for candidate in candidates:
-            sock = gevent.socket.socket(af, socket.SOCK_DGRAM)
+            try:
+                sock = gevent.socket.socket(af, socket.SOCK_DGRAM)
+            except OSError:
+                return None  # no such family on this host (IPv6 disabled)
             try:
                 if family == 6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -162,9 +165,11 @@ class ClientLink:
         *,
         stream: bool,
         cmsg: list[tuple[int, int, bytes]] | None = None,
+        send_to: Any = None,
     ) -> None:
         self.five_tuple = five_tuple  # built once per client, not per datagram
-        self.address = five_tuple.client
+        # Where datagrams go: the address as the socket saw it (mapped on a dual-stack one).
+        self.address = five_tuple.client if send_to is None else send_to
         self.raw = raw
         self.stream = stream
         self.pad = stream  # ChannelData over streams is padded to 4 bytes (§12.5)
@@ -218,6 +223,7 @@ class TurnServer:
         self.tcp_address: Address | None = None
         self.tls_address: Address | None = None
         self.pktinfo = False  # whether UDP clients' destination addresses are known
+        self.families: set[int] = set()  # the address families clients can reach it over
 
     # -- relays --------------------------------------------------------------------------
 
@@ -240,7 +246,9 @@ class TurnServer:
                 return  # closed
             if allocation is None or link is None:
                 allocation = by_relay.get(relay.address)
-                if allocation is None or allocation.relay is not relay:
+                if allocation is None or (
+                    allocation.relay is not relay and allocation.second is not relay
+                ):
                     allocation = None
                     continue  # a reserved port not yet allocated: nothing to relay to
                 link = allocation.shell
@@ -266,8 +274,11 @@ class TurnServer:
                 return
             target = self.core.channel_data(allocation, data)
             if target is not None:
+                peer = target[0]
+                second = allocation.second  # a dual allocation: the relay of peer's family
+                relay = allocation.relay if second is None or ":" not in peer[0] else second
                 try:
-                    allocation.relay.raw.sendto(target[1], target[0])
+                    relay.raw.sendto(target[1], peer)
                 except OSError:
                     pass  # full buffer or unreachable peer: UDP drops it
             return
@@ -276,7 +287,8 @@ class TurnServer:
                 link.send(effect.data)
             elif isinstance(effect, ToPeer):
                 try:
-                    effect.allocation.relay.raw.sendto(effect.data, effect.peer)
+                    relay = effect.allocation.relay_for(effect.peer[0])
+                    relay.raw.sendto(effect.data, effect.peer)
                 except OSError:
                     pass
         allocation = self.core.allocations.by_five_tuple.get(five_tuple)
@@ -293,35 +305,58 @@ class TurnServer:
         tls_port: int,
         ssl_context: ssl.SSLContext | None,
     ) -> None:
-        """Listen on UDP and TCP ``port`` (the same number) and TLS ``tls_port`` (0 = off)."""
-        # Port 0: the UDP port the kernel picks may be taken for TCP; pick again (bounded).
+        """Listen on UDP and TCP ``port`` (the same number) and TLS ``tls_port`` (0 = off).
+
+        ``bind`` ``::`` listens on IPv6 and IPv4: one dual-stack socket each where the OS
+        allows it, else one socket per family on the same port, else (no IPv6) IPv4 alone.
+        """
+        hosts = listen_hosts(bind)
+        # Port 0: the UDP port the kernel picks may be taken for TCP or the other family;
+        # pick again (bounded).
         for attempt in range(20 if port == 0 else 1):
-            udp = _UdpListener(self, (bind, port))
-            udp.init_socket()
-            actual = udp.address[1]
+            udp_socks: list[gevent.socket.socket] = []
+            tcp_socks: list[gevent.socket.socket] = []
             try:
-                tcp_sock = _tcp_socket(bind, actual)
+                actual = port
+                for host, v6only in hosts:
+                    udp_socks.append(bound_socket(socket.SOCK_DGRAM, host, actual, v6only))
+                    actual = udp_socks[0].getsockname()[1]
+                    tcp_socks.append(bound_socket(socket.SOCK_STREAM, host, actual, v6only))
                 break
             except OSError:
-                udp.close()
+                for sock in udp_socks + tcp_socks:
+                    sock.close()
                 if attempt == 19 or port != 0:
                     raise
-        tcp = StreamServer(tcp_sock, self._stream_handler("tcp"))
-        udp.start()
-        tcp.start()
-        self.servers += [udp, tcp]
-        self.pktinfo = udp.pktinfo
-        self.udp_address = (bind, actual)
-        self.tcp_address = (bind, actual)
+        for udp_sock, tcp_sock in zip(udp_socks, tcp_socks, strict=True):
+            udp = _UdpListener(self, udp_sock)
+            udp.init_socket()
+            tcp = StreamServer(tcp_sock, self._stream_handler("tcp"))
+            udp.start()
+            tcp.start()
+            self.servers += [udp, tcp]
+            self.pktinfo = self.pktinfo or udp.pktinfo
+        self.families = {6 if sock.family == socket.AF_INET6 else 4 for sock in udp_socks}
+        if any(v6only is False for _host, v6only in hosts):
+            self.families.add(4)  # a dual-stack socket takes IPv4 too
+        self.udp_address = (hosts[0][0], actual)
+        self.tcp_address = (hosts[0][0], actual)
         if tls_port and ssl_context is not None:
-            tls = _TlsServer(
-                _tcp_socket(bind, tls_port if tls_port > 0 else 0),
-                self._stream_handler("tls"),
-                ssl_context=ssl_context,
-            )
-            tls.start()
-            self.servers.append(tls)
-            self.tls_address = (bind, tls.server_port)
+            tls_actual = tls_port if tls_port > 0 else 0
+            tls_socks: list[gevent.socket.socket] = []
+            try:
+                for host, v6only in hosts:
+                    tls_socks.append(bound_socket(socket.SOCK_STREAM, host, tls_actual, v6only))
+                    tls_actual = tls_socks[0].getsockname()[1]
+            except OSError:
+                for sock in tls_socks:
+                    sock.close()
+                raise
+            for sock in tls_socks:
+                tls = _TlsServer(sock, self._stream_handler("tls"), ssl_context=ssl_context)
+                tls.start()
+                self.servers.append(tls)
+            self.tls_address = (hosts[0][0], tls_actual)
         self._sweeper = gevent.spawn(self._sweep)
 
     def _sweep(self) -> None:
@@ -352,7 +387,7 @@ class TurnServer:
 
     def _stream_handler(self, transport: str) -> Callable[[Any, Any], None]:
         def handle(sock: Any, address: Any) -> None:
-            self._serve_stream(sock, tuple(address[:2]), transport)
+            self._serve_stream(sock, (canonical_ip(address[0]), address[1]), transport)
 
         return handle
 
@@ -363,8 +398,8 @@ class TurnServer:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        server = tuple(sock.getsockname()[:2])
-        five_tuple = FiveTuple(transport, client, server)
+        here = sock.getsockname()
+        five_tuple = FiveTuple(transport, client, (canonical_ip(here[0]), here[1]))
         link = ClientLink(five_tuple, sock, stream=True)
         buf = bytearray()
         opened = False  # set once the stream has shown it starts with STUN
@@ -470,8 +505,8 @@ class _UdpListener(DatagramServer):  # type: ignore[misc]
     wildcard address, it reads each datagram's destination (IP_PKTINFO) so that the
     five-tuple, the relay address and the reply's source are the address the client used."""
 
-    def __init__(self, turn: TurnServer, address: Address) -> None:
-        super().__init__(address, spawn=None)
+    def __init__(self, turn: TurnServer, sock: gevent.socket.socket) -> None:
+        super().__init__(sock, spawn=None)
         self.turn = turn
         self._links: dict[Any, ClientLink] = {}
         self.pktinfo = False
@@ -498,11 +533,10 @@ class _UdpListener(DatagramServer):  # type: ignore[misc]
 
     def handle(self, data: bytes, address: Any, local: Any = None) -> None:
         try:
-            client: Address = address[:2] if len(address) > 2 else address
-            key = (client, local)
+            key = (address, local)
             link = self._links.get(key)
             if link is None:
-                link = self._new_link(client, local)
+                link = self._new_link(address, local)
                 self.turn.client_input(data, link)
                 # Kept only while its 5-tuple holds an allocation: a probe, a Binding request
                 # or a refused Allocate leaves nothing behind (the sweep drops the rest).
@@ -521,22 +555,72 @@ class _UdpListener(DatagramServer):  # type: ignore[misc]
             del self._links[key]
         return len(gone)
 
-    def _new_link(self, client: Address, local: Any) -> ClientLink:
+    def _new_link(self, address: Any, local: Any) -> ClientLink:
+        # A dual-stack socket sees an IPv4 client as ::ffff:a.b.c.d: the five-tuple (and so
+        # XOR-MAPPED-ADDRESS, quotas, logs) has the IPv4 address, the socket the mapped one.
+        client: Address = (canonical_ip(address[0]), address[1])
         server_ip, cmsg = self.address[0], None
         found = pktinfo_destination([local]) if local is not None else None
         if found is not None:
             server_ip, cmsg = found
         five_tuple = FiveTuple("udp", client, (server_ip, self.address[1]))
-        return ClientLink(five_tuple, self._socket, stream=False, cmsg=cmsg)
+        return ClientLink(five_tuple, self._socket, stream=False, cmsg=cmsg, send_to=address)
 
 
-def _tcp_socket(bind: str, port: int) -> gevent.socket.socket:
-    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-    sock = gevent.socket.socket(family, socket.SOCK_STREAM)
+def dual_stack_supported() -> bool:
+    """Whether one IPv6 socket can take IPv4 too (IPV6_V6ONLY off): Linux, macOS, Windows
+    do; a host without IPv6 or a BSD with the option locked on does not."""
+    if not socket.has_ipv6:
+        return False
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((bind, port))
-        sock.listen(1024)
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            probe.bind(("::", 0))
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+def ipv6_available() -> bool:
+    """Whether this host can open IPv6 sockets at all."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def listen_hosts(bind: str) -> list[tuple[str, bool | None]]:
+    """The sockets ``[turn] bind`` needs, as ``(host, v6only)``: ``::`` is one dual-stack
+    socket (v6only False) where the OS allows it, else ``::`` IPv6-only beside
+    ``0.0.0.0``, else (no IPv6 here) ``0.0.0.0`` alone; one address is one socket (None:
+    the OS default, which no IPv4 socket has)."""
+    if bind != "::":
+        return [(bind or "0.0.0.0", True if ":" in bind else None)]
+    if dual_stack_supported():
+        return [("::", False)]
+    if ipv6_available():
+        return [("::", True), ("0.0.0.0", None)]
+    log.warning("turn: this host has no IPv6: TURN listens on IPv4 (0.0.0.0) only")
+    return [("0.0.0.0", None)]
+
+
+def bound_socket(kind: int, host: str, port: int, v6only: bool | None) -> gevent.socket.socket:
+    """A UDP or listening TCP socket bound to ``(host, port)``; for IPv6, IPV6_V6ONLY set to
+    ``v6only`` (a dual-stack socket sees IPv4 clients as ``::ffff:a.b.c.d``)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = gevent.socket.socket(family, kind)
+    try:
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and v6only is not None:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+        sock.bind((host, port))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(1024)
     except OSError:
         sock.close()
         raise

@@ -440,7 +440,10 @@ def test_server_row() -> None:
 
 def test_default_url_follows_tls_and_bind() -> None:
     assert doctor.default_url(make_config()) == "https://127.0.0.1:8086"
-    plain_v6 = make_config(general={"tls": False, "bind": "::", "port": 9000})
+    # "::" is dual-stack (or IPv4 alone without IPv6): 127.0.0.1 reaches it either way.
+    plain_any = make_config(general={"tls": False, "bind": "::", "port": 9000})
+    assert doctor.default_url(plain_any) == "http://127.0.0.1:9000"
+    plain_v6 = make_config(general={"tls": False, "bind": "::1", "port": 9000})
     assert doctor.default_url(plain_v6) == "http://[::1]:9000"
     assert doctor.default_url(make_config(general={"bind": "10.0.0.5"})) == "https://10.0.0.5:8086"
     assert doctor.default_url(make_config(general={"port": 0})) is None

@@ -50,7 +50,7 @@ class FakePorts:
         self.public_v4 = public_v4  # where IPv4 relays are advertised (and bound, if not wildcard)
         self.locals: list[str | None] = []  # the arrival address of each open() call
 
-    def supports(self, family: int) -> bool:
+    def supports(self, family: int, local: str | None = None) -> bool:
         return family == 4 or self.v6
 
     def open(
@@ -1132,11 +1132,149 @@ def test_lifetime_below_default_gets_default_and_above_max_gets_max() -> None:
     assert allocation is not None and allocation.expires == NOW + 3600
 
 
-def test_additional_address_family_is_refused_for_the_second_family() -> None:
+def test_additional_address_family_without_ipv6_relays_is_an_ipv4_allocation() -> None:
     core, _ = make_core()
     reply = Client(core).allocate({Attr.ADDITIONAL_ADDRESS_FAMILY: 0x02})
     assert reply.cls == Class.SUCCESS
     assert reply.attributes[Attr.ADDRESS_ERROR_CODE] == (0x02, 440, "Address Family not Supported")
+    assert reply.get_all(Attr.XOR_RELAYED_ADDRESS) == [("192.0.2.1", 50000)]
+    allocation = core.allocations.get(CLIENT)
+    assert allocation is not None and allocation.families == (4,)
+
+
+def dual_client() -> tuple[TurnCore, FakePorts, Client, Message]:
+    core, ports = make_core(ports=FakePorts(v6=True))
+    client = Client(core)
+    reply = client.allocate({Attr.ADDITIONAL_ADDRESS_FAMILY: 0x02})
+    assert reply.cls == Class.SUCCESS, reply
+    return core, ports, client, reply
+
+
+def test_dual_allocation_has_one_relay_of_each_family() -> None:
+    # RFC 8656 §7.2: ADDITIONAL-ADDRESS-FAMILY IPv6 asks for an IPv4 and an IPv6 relay; the
+    # success response carries both XOR-RELAYED-ADDRESSes, IPv4 first, and no error.
+    core, ports, _client, reply = dual_client()
+    assert reply.get_all(Attr.XOR_RELAYED_ADDRESS) == [("192.0.2.1", 50000), ("2001:db8::1", 50001)]
+    assert Attr.ADDRESS_ERROR_CODE not in reply.attributes
+    allocation = core.allocations.get(CLIENT)
+    assert allocation is not None and allocation.families == (4, 6)
+    assert set(ports.open_ports) == {50000, 50001}
+    assert ("2001:db8::1", 50001) in core.allocations.live
+    assert core.allocations.by_relay[("::", 50001)] is allocation
+
+
+def test_dual_allocation_relays_to_peers_of_both_families() -> None:
+    core, _ports, client, _ = dual_client()
+    v6_peer = ("2001:db8:5::9", 6000)
+    reply = client.request(Method.CREATE_PERMISSION, {Attr.XOR_PEER_ADDRESS: PEER}, sign=True)
+    assert reply.cls == Class.SUCCESS
+    bound = client.request(
+        Method.CHANNEL_BIND, {Attr.CHANNEL_NUMBER: 0x4001, Attr.XOR_PEER_ADDRESS: v6_peer}
+    )
+    assert bound.cls == Class.SUCCESS
+    allocation = core.allocations.get(CLIENT)
+    assert allocation is not None
+    assert core.channel_data(allocation, encode_channel_data(0x4001, b"hi")) == (v6_peer, b"hi")
+    # Each datagram leaves from the relay of its peer's family.
+    assert allocation.relay_for(v6_peer[0]).address == ("::", 50001)
+    assert allocation.relay_for(PEER[0]).address == ("0.0.0.0", 50000)
+    assert core.from_peer(allocation, v6_peer, b"back", False) == encode_channel_data(
+        0x4001, b"back"
+    )
+
+
+def test_single_family_allocation_refuses_a_peer_of_the_other_family() -> None:
+    core, _ = make_core(ports=FakePorts(v6=True))
+    client = Client(core)
+    client.allocate()
+    v6_peer = {Attr.XOR_PEER_ADDRESS: ("2001:db8:5::9", 6000)}
+    assert error(client.request(Method.CREATE_PERMISSION, v6_peer)) == 443
+
+
+def test_dual_allocation_counts_two_ports_in_the_quotas() -> None:
+    core, _ports, _client, _ = dual_client()
+    assert core.allocations.total == 2
+    assert core.allocations.per_user["alice"] == 2
+    assert core.allocations.per_ip[CLIENT.client[0]] == 2
+    core.allocations.clear()
+    assert core.allocations.total == 0 and not core.allocations.per_user
+
+
+def test_dual_allocation_over_quota_for_two_gets_its_ipv4_relay_only() -> None:
+    core, ports = make_core(ports=FakePorts(v6=True), user_quota=1)
+    reply = Client(core).allocate({Attr.ADDITIONAL_ADDRESS_FAMILY: 0x02})
+    assert reply.cls == Class.SUCCESS
+    assert reply.attributes[Attr.ADDRESS_ERROR_CODE][:2] == (0x02, 486)
+    assert reply.get_all(Attr.XOR_RELAYED_ADDRESS) == [("192.0.2.1", 50000)]
+    assert set(ports.open_ports) == {50000}
+
+
+def test_dual_allocation_without_a_free_ipv6_port_gets_508_for_it() -> None:
+    core, ports = make_core(ports=FakePorts(free=1, v6=True))
+    reply = Client(core).allocate({Attr.ADDITIONAL_ADDRESS_FAMILY: 0x02})
+    assert reply.cls == Class.SUCCESS
+    assert reply.attributes[Attr.ADDRESS_ERROR_CODE][:2] == (0x02, 508)
+    assert core.allocations.total == 1 and set(ports.open_ports) == {50000}
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        # §7.2: REQUESTED- and ADDITIONAL-ADDRESS-FAMILY together.
+        {Attr.REQUESTED_ADDRESS_FAMILY: 0x01, Attr.ADDITIONAL_ADDRESS_FAMILY: 0x02},
+        # IPv4 is never the additional family.
+        {Attr.ADDITIONAL_ADDRESS_FAMILY: 0x01},
+        # A RESERVATION-TOKEN names one relay already made.
+        {Attr.ADDITIONAL_ADDRESS_FAMILY: 0x02, Attr.RESERVATION_TOKEN: b"12345678"},
+    ],
+)
+def test_bad_dual_allocation_requests_get_400(attrs: dict[int, Any]) -> None:
+    core, ports = make_core(ports=FakePorts(v6=True))
+    assert error(Client(core).allocate(attrs)) == 400
+    assert not ports.open_ports
+
+
+def test_dual_allocation_refresh_to_zero_with_a_family_deletes_that_relay_only() -> None:
+    # RFC 8656 §8.2: a Refresh with LIFETIME 0 and REQUESTED-ADDRESS-FAMILY deletes that
+    # family's relay of a dual allocation; the other relays on.
+    core, ports, client, _ = dual_client()
+    zero_v4 = {Attr.LIFETIME: 0, Attr.REQUESTED_ADDRESS_FAMILY: 0x01}
+    assert client.request(Method.REFRESH, zero_v4).attributes[Attr.LIFETIME] == 0
+    allocation = core.allocations.get(CLIENT)
+    assert allocation is not None and allocation.families == (6,)
+    assert set(ports.open_ports) == {50001} and core.allocations.total == 1
+    assert ("192.0.2.1", 50000) not in core.allocations.live
+    # Now a single IPv6 allocation: IPv4 is not one of its families.
+    assert error(client.request(Method.REFRESH, {Attr.REQUESTED_ADDRESS_FAMILY: 0x01})) == 443
+    assert error(client.request(Method.CREATE_PERMISSION, {Attr.XOR_PEER_ADDRESS: PEER})) == 443
+    zero_v6 = {Attr.LIFETIME: 0, Attr.REQUESTED_ADDRESS_FAMILY: 0x02}
+    assert client.request(Method.REFRESH, zero_v6).attributes[Attr.LIFETIME] == 0
+    assert core.allocations.get(CLIENT) is None and not ports.open_ports
+
+
+def test_dual_allocation_refresh_keeps_both_and_zero_deletes_both() -> None:
+    core, ports, client, _ = dual_client()
+    for family in (0x01, 0x02):
+        ok = client.request(Method.REFRESH, {Attr.REQUESTED_ADDRESS_FAMILY: family})
+        assert ok.cls == Class.SUCCESS
+    assert client.request(Method.REFRESH, {Attr.LIFETIME: 0}).cls == Class.SUCCESS
+    assert core.allocations.get(CLIENT) is None and not ports.open_ports
+    assert core.allocations.total == 0
+
+
+def test_dual_allocation_retransmission_gets_both_relays_again() -> None:
+    core, _ports, client, _ = dual_client()
+    request = Message(
+        Method.ALLOCATE,
+        Class.REQUEST,
+        attributes={Attr.REQUESTED_TRANSPORT: 17, Attr.ADDITIONAL_ADDRESS_FAMILY: 0x02},
+    )
+    first = client.send(request)
+    assert error(first) == 437  # another transaction on an allocated five-tuple
+    allocation = core.allocations.get(CLIENT)
+    assert allocation is not None
+    again = parse(allocation.response)
+    assert len(again.get_all(Attr.XOR_RELAYED_ADDRESS)) == 2
 
 
 # -- rules the mutation tests (tools/mutate.py) found unstated --------------------------------

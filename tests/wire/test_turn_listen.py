@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
@@ -13,16 +14,17 @@ from tests.unit.test_turn_core import make_core
 def test_port_zero_retries_when_the_udp_port_is_taken_for_tcp(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = turn_server._tcp_socket
+    real = turn_server.bound_socket
     calls: list[int] = []
 
-    def flaky(bind: str, port: int) -> Any:
-        calls.append(port)
-        if len(calls) == 1:
-            raise OSError(98, "Address already in use")  # as if another process had it
-        return real(bind, port)
+    def flaky(kind: int, host: str, port: int, v6only: bool | None) -> Any:
+        if kind == socket.SOCK_STREAM:
+            calls.append(port)
+            if len(calls) == 1:
+                raise OSError(98, "Address already in use")  # as if another process had it
+        return real(kind, host, port, v6only)
 
-    monkeypatch.setattr(turn_server, "_tcp_socket", flaky)
+    monkeypatch.setattr(turn_server, "bound_socket", flaky)
     core, _ = make_core()
     server = turn_server.TurnServer(core)
     server.start(bind="127.0.0.1", port=0, tls_port=0, ssl_context=None)
@@ -35,10 +37,14 @@ def test_port_zero_retries_when_the_udp_port_is_taken_for_tcp(
 
 
 def test_fixed_port_taken_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    def taken(bind: str, port: int) -> Any:
-        raise OSError(98, "Address already in use")
+    real = turn_server.bound_socket
 
-    monkeypatch.setattr(turn_server, "_tcp_socket", taken)
+    def taken(kind: int, host: str, port: int, v6only: bool | None) -> Any:
+        if kind == socket.SOCK_STREAM:
+            raise OSError(98, "Address already in use")
+        return real(kind, host, port, v6only)
+
+    monkeypatch.setattr(turn_server, "bound_socket", taken)
     core, _ = make_core()
     server = turn_server.TurnServer(core)
     with pytest.raises(OSError):
