@@ -389,6 +389,11 @@ class TurnCore:
         even = attrs.get(Attr.EVEN_PORT)
         family_attr = attrs.get(Attr.REQUESTED_ADDRESS_FAMILY)
         additional = attrs.get(Attr.ADDITIONAL_ADDRESS_FAMILY)
+        error_attr = Attr.ADDRESS_ERROR_CODE
+        if additional is None and Attr.ADDITIONAL_ADDRESS_FAMILY_DRAFT in attrs:
+            # coturn's clients use the draft's number: answer in kind.
+            additional = attrs[Attr.ADDITIONAL_ADDRESS_FAMILY_DRAFT]
+            error_attr = Attr.ADDRESS_ERROR_CODE_DRAFT
         if token is not None and (
             even is not None or family_attr is not None or additional is not None
         ):
@@ -477,7 +482,7 @@ class TurnCore:
             )
             extra[Attr.RESERVATION_TOKEN] = reservation_token
         if dual_error:
-            extra[Attr.ADDRESS_ERROR_CODE] = (FAMILY_IPV6, dual_error, REASONS[dual_error])
+            extra[error_attr] = (FAMILY_IPV6, dual_error, REASONS[dual_error])
         log.debug("allocation %s for %s via %s", relay.public, username, ft.client)
         attributes = {
             Attr.XOR_RELAYED_ADDRESS: relay.public,

@@ -98,6 +98,10 @@ class Attr(IntEnum):
     ADDRESS_ERROR_CODE = 0x8001
     PASSWORD_ALGORITHMS = 0x8002
     ALTERNATE_DOMAIN = 0x8003
+    # The numbers of draft-ietf-tram-turnbis before RFC 8656 gave 0x8000/0x8001, still used
+    # by coturn (turnserver and turnutils_uclient -Z): read and answered as the RFC ones.
+    ADDITIONAL_ADDRESS_FAMILY_DRAFT = 0x8032
+    ADDRESS_ERROR_CODE_DRAFT = 0x8033
     ICMP = 0x8004
     SOFTWARE = 0x8022
     ALTERNATE_SERVER = 0x8023
@@ -540,6 +544,8 @@ ATTRIBUTES: dict[int, tuple[_Pack, _Unpack]] = {
     Attr.CONNECTION_ID: _U32_CODEC,  # RFC 6062 §6.2.1
     Attr.ADDITIONAL_ADDRESS_FAMILY: _FIRST_BYTE,
     Attr.ADDRESS_ERROR_CODE: (_pack_address_error_code, _unpack_address_error_code),
+    Attr.ADDITIONAL_ADDRESS_FAMILY_DRAFT: _FIRST_BYTE,
+    Attr.ADDRESS_ERROR_CODE_DRAFT: (_pack_address_error_code, _unpack_address_error_code),
     Attr.PASSWORD_ALGORITHMS: (_pack_password_algorithms, _unpack_password_algorithms),
     Attr.ALTERNATE_DOMAIN: _TEXT,
     Attr.ICMP: (_pack_icmp, _unpack_icmp),

@@ -938,6 +938,8 @@ VALUES: dict[int, st.SearchStrategy[Any]] = {
     Attr.CONNECTION_ID: U32,
     Attr.ADDITIONAL_ADDRESS_FAMILY: U8,
     Attr.ADDRESS_ERROR_CODE: st.tuples(U8, ERROR_CODES, TEXT),
+    Attr.ADDITIONAL_ADDRESS_FAMILY_DRAFT: U8,
+    Attr.ADDRESS_ERROR_CODE_DRAFT: st.tuples(U8, ERROR_CODES, TEXT),
     Attr.PASSWORD_ALGORITHMS: st.lists(st.tuples(U16, st.binary(max_size=9)), max_size=3).map(
         tuple
     ),
@@ -1192,7 +1194,10 @@ IANA_ATTRIBUTES = {
     "RESPONSE_ORIGIN": 0x802B,
     "OTHER_ADDRESS": 0x802C,
 }
+# Not IANA's: the numbers draft-ietf-tram-turnbis used before RFC 8656, which coturn still
+# sends and reads (turnutils_uclient -Z).
+DRAFT_ATTRIBUTES = {"ADDITIONAL_ADDRESS_FAMILY_DRAFT": 0x8032, "ADDRESS_ERROR_CODE_DRAFT": 0x8033}
 
 
 def test_attribute_codes_are_the_iana_ones() -> None:
-    assert {a.name: a.value for a in Attr} == IANA_ATTRIBUTES
+    assert {a.name: a.value for a in Attr} == IANA_ATTRIBUTES | DRAFT_ATTRIBUTES

@@ -1217,6 +1217,18 @@ def test_dual_allocation_without_a_free_ipv6_port_gets_508_for_it() -> None:
     assert core.allocations.total == 1 and set(ports.open_ports) == {50000}
 
 
+def test_dual_allocation_with_the_drafts_attribute_number_as_coturn_sends_it() -> None:
+    # turnutils_uclient -Z asks with 0x8032 (draft-ietf-tram-turnbis), not RFC 8656's 0x8000,
+    # and reads ADDRESS-ERROR-CODE as 0x8033.
+    core, _ = make_core(ports=FakePorts(v6=True))
+    reply = Client(core).allocate({Attr.ADDITIONAL_ADDRESS_FAMILY_DRAFT: 0x02})
+    assert len(reply.get_all(Attr.XOR_RELAYED_ADDRESS)) == 2
+    no_v6, _ = make_core()
+    refused = Client(no_v6).allocate({Attr.ADDITIONAL_ADDRESS_FAMILY_DRAFT: 0x02})
+    assert refused.attributes[Attr.ADDRESS_ERROR_CODE_DRAFT][:2] == (0x02, 440)
+    assert Attr.ADDRESS_ERROR_CODE not in refused.attributes
+
+
 @pytest.mark.parametrize(
     "attrs",
     [

@@ -28,7 +28,7 @@ from tests.conftest import ServerProcess, free_port, require_module, require_too
 class TurnProcess(ServerProcess):
     """flaskrtc with its TURN server on loopback; knows the TURN ports."""
 
-    def __init__(self, workdir: Path, **turn: str) -> None:
+    def __init__(self, workdir: Path, general: dict[str, str] | None = None, **turn: str) -> None:
         extra = {
             "turn.bind": "127.0.0.1",
             "turn.port": "0",
@@ -38,11 +38,14 @@ class TurnProcess(ServerProcess):
             "turn.max_port": "60000",
         }
         extra.update({f"turn.{k}": v for k, v in turn.items()})
+        extra.update({f"general.{k}": v for k, v in (general or {}).items()})
         extra["general.log_level"] = os.environ.get("FLASKRTC_TEST_LOG_LEVEL", "INFO")
         super().__init__(workdir, extra=extra)
 
-    def credentials(self, user: str = "test") -> dict[str, Any]:
-        url = f"{self.base}/api/turn?service=turn&username={user}"
+    def credentials(self, user: str = "test", host: str = "127.0.0.1") -> dict[str, Any]:
+        """/api/turn's answer, asked over ``host`` (an IP literal)."""
+        base = self.base.replace("127.0.0.1", f"[{host}]" if ":" in host else host)
+        url = f"{base}/api/turn?service=turn&username={user}"
         with urllib.request.urlopen(url, context=self.ssl_context(), timeout=10) as resp:
             return json.loads(resp.read())  # type: ignore[no-any-return]
 
@@ -56,9 +59,14 @@ def turn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TurnProcess]:
 
 
 def uclient(
-    server: ServerProcess, *args: str, port: int | None = None, secret: str = "test-secret"
+    server: ServerProcess,
+    *args: str,
+    port: int | None = None,
+    secret: str = "test-secret",
+    host: str = "127.0.0.1",
 ) -> str:
-    """Run turnutils_uclient with REST credentials from the server's secret."""
+    """Run turnutils_uclient with REST credentials from the server's secret, against the
+    TURN server at ``host``."""
     tool = require_tool("turnutils_uclient", package="coturn")
     cmd = [
         tool,
@@ -73,7 +81,7 @@ def uclient(
         "-l",
         "100",
         *args,
-        "127.0.0.1",
+        host,
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     return done.stdout + done.stderr
@@ -173,7 +181,8 @@ class RawTurn:
         if tcp:
             self.sock = socket.create_connection(self.server, timeout=5)
         else:
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            self.sock = socket.socket(family, socket.SOCK_DGRAM)
             self.sock.settimeout(5)
         self.username = username
         self.key = long_term_key(username, realm, password)
