@@ -14,6 +14,7 @@ so every handler catches everything.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import random
 import socket
@@ -641,6 +642,23 @@ def guess_public_ipv4() -> str:
     return "127.0.0.1"
 
 
+def guess_public_ipv6() -> str:
+    """A global IPv6 address of this host (for an IPv6 relay of a client that came over
+    IPv4, when ``[turn] public_ip`` has none), else "": no such relays. No packet is sent."""
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET6)
+    except OSError:
+        infos = []
+    for info in infos:
+        try:
+            address = ipaddress.IPv6Address(str(info[4][0]).split("%", 1)[0])
+        except ValueError:
+            continue
+        if not (address.is_loopback or address.is_link_local or address.ipv4_mapped):
+            return str(address)
+    return ""
+
+
 def is_local_address(ip: str) -> bool:
     """Whether this host owns ``ip`` (a socket can be bound to it). No packet is sent."""
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
@@ -668,7 +686,7 @@ def relay_addressing(public_ip: str, bind: str) -> RelayAddressing:
         public_v4_local=bool(v4) and is_local_address(v4),
         public_v6_local=bool(v6) and is_local_address(v6),
         fallback_v4=guess_public_ipv4() if is_wildcard(bind_v4) else bind_v4,
-        fallback_v6="",
+        fallback_v6=guess_public_ipv6() if is_wildcard(bind_v6) else bind_v6,
     )
 
 

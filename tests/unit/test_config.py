@@ -15,6 +15,7 @@ from flaskrtc.config import (
     TurnConfig,
     ensure_turn_secret,
     load_config,
+    public_ips,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -218,6 +219,22 @@ def test_ipv6_addresses_are_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert config.turn.bind == "::1"
 
 
+def test_public_ip_takes_one_address_of_each_family(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    both = load_config(None, {}, {"turn.public_ip": " 203.0.113.5 ,2001:DB8::5"})
+    assert both.turn.public_ip == "203.0.113.5, 2001:db8::5"
+    assert public_ips(both.turn.public_ip) == ["203.0.113.5", "2001:db8::5"]
+    assert public_ips("") == []
+
+
+def test_defaults_listen_on_both_families(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None, {}, {})
+    assert (config.general.bind, config.turn.bind) == ("::", "::")
+
+
 # (key, bad value, words the "expected" part must contain)
 BAD_VALUES = [
     ("general.port", "abc", "an integer from 0 to 65535"),
@@ -245,6 +262,11 @@ BAD_VALUES = [
     ("turn.bind", "eth0", "an IP address"),
     ("turn.public_ip", "example.com", "an IP address"),
     ("turn.public_ip", "0.0.0.0", "not 0.0.0.0"),
+    ("turn.public_ip", "203.0.113.5, 203.0.113.6", "one IPv4 and one IPv6"),
+    ("turn.public_ip", "2001:db8::5, 2001:db8::6", "one IPv4 and one IPv6"),
+    ("turn.public_ip", "203.0.113.5, 2001:db8::5, 198.51.100.1", "one IPv4 and one IPv6"),
+    ("turn.public_ip", "203.0.113.5, ::", "not 0.0.0.0"),
+    ("turn.public_ip", "203.0.113.5,", "an IP address"),
     ("turn.realm", "", "non-empty"),
     ("turn.realm", "   ", "non-empty"),
     ("general.domain", "bad domain", "host name"),

@@ -85,3 +85,22 @@ def test_the_core_opens_relays_on_the_five_tuples_server_address() -> None:
     reply = second.allocate({Attr.EVEN_PORT: True})
     assert reply.cls == Class.SUCCESS
     assert ports.locals == ["198.18.0.10", "198.18.0.11", "198.18.0.11"]
+
+
+def test_guessed_ipv6_fallback_is_a_global_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    import flaskrtc.turn.server as turn_server
+
+    def infos(*_: object) -> list[tuple[object, ...]]:
+        return [(0, 0, 0, "", (ip, 0, 0, 0)) for ip in ("::1", "fe80::1%eth0", "2001:db8::7")]
+
+    monkeypatch.setattr(socket, "getaddrinfo", infos)
+    assert turn_server.guess_public_ipv6() == "2001:db8::7"
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *_: [(0, 0, 0, "", ("::1", 0, 0, 0))])
+    assert turn_server.guess_public_ipv6() == ""
+    addressing = turn_server.relay_addressing("", "::")
+    assert not addressing.supports(6, "198.51.100.1")  # an IPv4 client: no IPv6 relay known
+    assert addressing.supports(6, "127.0.0.1")  # loopback: ::1
+    assert addressing.choose(6, "127.0.0.1") == ("::1", "::1")
+    assert addressing.choose(4, "::1") == ("127.0.0.1", "127.0.0.1")

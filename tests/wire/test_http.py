@@ -232,6 +232,39 @@ def test_turn_uris_order_hosts_and_tls() -> None:
     assert turn_uris(local, "[::1]:8086")[2] == "turns:[::1]:5349?transport=tcp"
 
 
+def test_turn_uris_name_only_families_turn_listens_on() -> None:
+    from flaskrtc.app import turn_uris
+    from flaskrtc.config import Config, GeneralConfig, TurnConfig
+
+    both = Config(GeneralConfig(), TurnConfig(public_ip="203.0.113.5, 2001:db8::5", tls_port=0))
+    v4_first = [
+        "turn:203.0.113.5:19302?transport=udp",
+        "turn:203.0.113.5:19302?transport=tcp",
+        "turn:[2001:db8::5]:19302?transport=udp",
+        "turn:[2001:db8::5]:19302?transport=tcp",
+    ]
+    assert turn_uris(both, "x", (4, 6), client_family=4) == v4_first
+    # A client that came over IPv6 gets the IPv6 address first (the apps use uris[0]).
+    assert turn_uris(both, "x", (4, 6), client_family=6) == v4_first[2:] + v4_first[:2]
+    assert turn_uris(both, "x", (4,), client_family=6) == v4_first[:2]
+    local = Config(GeneralConfig(), TurnConfig(tls_port=0))
+    # TURN on IPv4 only: a page on [::1] is given IPv4 loopback, never [::1].
+    assert turn_uris(local, "[::1]:8086", (4,)) == [
+        "turn:127.0.0.1:19302?transport=udp",
+        "turn:127.0.0.1:19302?transport=tcp",
+    ]
+    assert turn_uris(local, "127.0.0.1:8086", (6,))[0] == "turn:[::1]:19302?transport=udp"
+    bound = Config(GeneralConfig(), TurnConfig(bind="198.51.100.4", tls_port=0))
+    assert turn_uris(bound, "[2001:db8::9]:8086", (4,))[0] == (
+        "turn:198.51.100.4:19302?transport=udp"
+    )
+    # No address of a listened family is known: nothing rather than a dead URI.
+    wild = Config(GeneralConfig(), TurnConfig(bind="0.0.0.0", tls_port=0))
+    assert turn_uris(wild, "[2001:db8::9]:8086", (4,)) == []
+    # A host name is the client's to resolve: kept.
+    assert turn_uris(wild, "rtc.example.org", (4,))[0] == "turn:rtc.example.org:19302?transport=udp"
+
+
 def test_dotfiles_are_never_served(tmp_path: Path) -> None:
     root = tmp_path / "site"
     for name in (".env", ".git/config", "sub/.secret", ".hidden/page.html", "sub/.well/x.txt"):

@@ -271,3 +271,39 @@ def test_aioice_over_ipv6_reaches_an_ipv4_peer(dual: TurnProcess) -> None:
     finally:
         echo.close()
     assert got == [b"echo:ping %d" % i for i in range(5)]
+
+
+@pytest.mark.parametrize("dual_stack", [True, False])
+def test_listens_on_both_families_with_or_without_dual_stack_sockets(
+    monkeypatch: pytest.MonkeyPatch, dual_stack: bool
+) -> None:
+    """Where the OS cannot make a dual-stack socket, :: is one socket per family on the same
+    port; either way a client of each family is answered, with its own address."""
+    import gevent.socket
+
+    import flaskrtc.turn.server as turn_server
+    from flaskrtc.turn.stun import parse
+    from tests.unit.test_turn_core import make_core
+
+    monkeypatch.setattr(turn_server, "dual_stack_supported", lambda: dual_stack)
+    core, _ = make_core()
+    server = turn_server.TurnServer(core)
+    server.start(bind="::", port=0, tls_port=0, ssl_context=None)
+    try:
+        assert server.families == {4, 6}
+        assert len(server.servers) == (2 if dual_stack else 4)  # UDP + TCP per socket
+        assert server.udp_address is not None
+        port = server.udp_address[1]
+        for host in (V4, V6):
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with gevent.socket.socket(family, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(5)
+                sock.sendto(serialize(Message(Method.BINDING, Class.REQUEST)), (host, port))
+                data, source = sock.recvfrom(2048)
+            assert source[0] == host
+            mapped = parse(data).attributes[Attr.XOR_MAPPED_ADDRESS]
+            assert mapped[0] == host  # 127.0.0.1 itself, not ::ffff:127.0.0.1
+            with gevent.socket.create_connection((host, port), timeout=5):
+                pass
+    finally:
+        server.stop()
