@@ -132,4 +132,4 @@ upx:
 	@FLASKRTC_UPX=1 $(MAKE) --no-print-directory $(HOST_OS)
 
 clean:
-	rm -rf $(VENV) *.egg-info .mypy_cache .ruff_cache .pytest_cache dist $(PYI_WORK) bin flaskrtc-bin-*.zip
+	rm -rf $(VENV) *.egg-info .mypy_cache .ruff_cache .pytest_cache dist .setuptools-build $(PYI_WORK) bin flaskrtc-bin-*.zip

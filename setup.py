@@ -18,8 +18,25 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=find_packages(include=["flaskrtc", "flaskrtc.*"]),
-    include_package_data=True,
+    # web/ and configs/ stay at the top of the repository; the wheel carries them inside the
+    # package, as flaskrtc/web/ and flaskrtc/configs/config.ini (found by flaskrtc/resources.py;
+    # an editable install reads the repository's own). From configs/ only config.ini, by name:
+    # a generated key, certificate or TURN secret there stays out of the wheel.
+    packages=[
+        *find_packages(include=["flaskrtc", "flaskrtc.*"]),
+        "flaskrtc.web",
+        "flaskrtc.configs",
+    ],
+    package_dir={"flaskrtc.web": "web", "flaskrtc.configs": "configs"},
+    package_data={
+        "flaskrtc.web": ["**/*"],
+        "flaskrtc.configs": ["config.ini"],
+    },
+    include_package_data=False,
+    license_files=["LICENSE"],
+    # setuptools' default build folder is build/, which holds the PyInstaller spec and which
+    # sdist leaves out as build output; build elsewhere so the sdist keeps build/.
+    options={"build": {"build_base": ".setuptools-build"}},
     install_requires=[
         # Ranges known to work together; gevent-websocket is unmaintained and
         # pinned exactly because flaskrtc patches around its 0.10.1 behaviour.
@@ -44,6 +61,9 @@ setup(
             # and aiortc is a WebRTC peer that is not a browser, like the Flutter apps.
             "playwright>=1.48,<2",
             "aiortc>=1.9,<2",
+            # The wheel and sdist test (tests/release/test_wheel.py) and the release workflow.
+            "build>=1.2,<2",
+            "twine>=6.1,<7",
         ],
         "build": ["pyinstaller>=6.3,<7"],
     },

@@ -1,9 +1,10 @@
 """Smoke test of a release binary, as the release workflow runs it on each OS.
 
 ``python build/smoke_test.py bin/flaskrtc-<os>-<arch>[.exe]``: checks ``--version``, then
-copies the binary alone into an empty folder, starts it there (HTTPS with the certificate it
-generates, TURN on free ports, loopback only), fetches ``/api/turn`` and the built-in web
-demo, and stops it. Exits non-zero with a message on the first failure.
+copies the binary alone into an empty folder, checks that ``config`` prints the built-in
+config template there, starts it (HTTPS with the certificate it generates, TURN on free
+ports, loopback only), fetches ``/api/turn`` and the built-in web demo, and stops it. Exits
+non-zero with a message on the first failure.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def smoke(binary: Path) -> None:
         work = Path(tmp)
         alone = work / binary.name
         shutil.copy2(binary, alone)
+        check_config_template(alone, work)
         port = free_port()
         env = {
             **os.environ,
@@ -77,6 +79,16 @@ def smoke(binary: Path) -> None:
             print((work / "server.log").read_text(errors="replace"))
         if os.name == "posix" and proc.returncode != 0:
             raise AssertionError(f"exit status {proc.returncode} after SIGTERM, want 0")
+
+
+def check_config_template(binary: Path, work: Path) -> None:
+    """``BINARY config`` in ``work`` prints the configs/config.ini built into it."""
+    shown = subprocess.run(
+        [str(binary), "config"], cwd=work, capture_output=True, timeout=START_TIMEOUT
+    )
+    if shown.returncode != 0 or shown.stdout != (ROOT / "configs" / "config.ini").read_bytes():
+        raise AssertionError(f"config: status {shown.returncode}, not configs/config.ini")
+    print("ok: config prints the built-in configs/config.ini")
 
 
 def check_running(work: Path, port: int, proc: subprocess.Popen[bytes]) -> None:

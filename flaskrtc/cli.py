@@ -2,8 +2,8 @@
 
 ``flaskrtc [flags]`` runs the server. A first argument naming a subcommand (``flaskrtc doctor
 [flags]``) runs that instead: :data:`COMMANDS` maps each name to a function taking the rest of
-the arguments and returning the exit status, so later ones (``token``, ``config``) sit beside
-``doctor`` without touching the server's flags.
+the arguments and returning the exit status, so ``token`` and ``config`` sit beside ``doctor``
+without touching the server's flags.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from flaskrtc import __version__
 from flaskrtc.config import (
@@ -86,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(compatible with flutter-webrtc-server).",
         epilog=_PRECEDENCE + " Commands: 'flaskrtc doctor [flags]' checks the setup "
         "(flaskrtc doctor --help); 'flaskrtc token ID --ttl 3600' prints an access token "
-        "when [auth] secret is set (flaskrtc token --help).",
+        "when [auth] secret is set (flaskrtc token --help); 'flaskrtc config -o "
+        "configs/config.ini' writes the commented config template (flaskrtc config --help).",
     )
     _add_config_flags(parser)
     parser.add_argument("--version", action="version", version=f"flaskrtc {__version__}")
@@ -245,8 +247,68 @@ def token(argv: list[str]) -> int:
     return 0
 
 
+def build_config_parser() -> argparse.ArgumentParser:
+    """The command-line parser of ``flaskrtc config``."""
+    parser = argparse.ArgumentParser(
+        prog="flaskrtc config",
+        description="Print the commented configuration template: every key with its default "
+        "and what it does, the configs/config.ini of the source tree. Start a config from it: "
+        "'flaskrtc config -o configs/config.ini', the file flaskrtc reads from the folder it "
+        "is started in.",
+        epilog="Exit status: 0 when written; 2 when FILE exists (it is never overwritten) or "
+        "cannot be written, or when this installation lacks the template.",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write the template to FILE, creating its folder, instead of to stdout "
+        "(Windows PowerShell's '>' would write UTF-16)",
+    )
+    return parser
+
+
+def config_command(argv: list[str]) -> int:
+    """``flaskrtc config [-o FILE]``: write the commented config template."""
+    args = _parse(build_config_parser(), argv)
+    if isinstance(args, int):
+        return args
+    from flaskrtc.resources import config_template
+
+    try:
+        template = config_template()
+    except FileNotFoundError as err:
+        print(f"flaskrtc config: {err}", file=sys.stderr)
+        return 2
+    if args.output is None:
+        # Bytes, not text: the copy is byte for byte the template, also where stdout would
+        # translate newlines (Windows).
+        sys.stdout.flush()
+        sys.stdout.buffer.write(template)
+        sys.stdout.buffer.flush()
+        return 0
+    path = Path(args.output)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # "x": an existing config may hold a secret or hand-made settings; never replace it.
+        with path.open("xb") as out:
+            out.write(template)
+    except FileExistsError:
+        print(f"flaskrtc config: {path} exists; not overwritten", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"flaskrtc config: cannot write {path}: {err.strerror or err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
 # Subcommands: ``flaskrtc NAME [flags]`` calls COMMANDS[NAME](flags) for its exit status.
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"doctor": doctor, "token": token}
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "doctor": doctor,
+    "token": token,
+    "config": config_command,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

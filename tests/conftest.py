@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,40 @@ class ServerProcess:
             self.proc.kill()
             self.proc.wait()
             raise
+
+
+class StandaloneProcess(ServerProcess):
+    """A ``flaskrtc`` command a user runs (the release binary, an installed wheel's script),
+    started in ``workdir`` with flags and environment only: no config file, no PYTHONPATH, so
+    it uses its built-in defaults and generates its certificate and secret in ./configs."""
+
+    def __init__(self, workdir: Path, command: list[str], *, timeout: float = 20) -> None:
+        """``command`` is the program to run; ``timeout`` how long its start may take."""
+        self.workdir = workdir
+        self.tls = True
+        # Where it generates its certificate: ./configs/certs, as the source tree does.
+        self.cert = workdir / "configs" / "certs" / "cert.pem"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("FLASKRTC_", "PYTHON"))}
+        env.update(
+            FLASKRTC_TURN_BIND="127.0.0.1",
+            FLASKRTC_TURN_TLS_PORT=str(free_port()),
+            # The tests' UDP peers are on loopback, which the default policy refuses.
+            FLASKRTC_TURN_ALLOWED_PEER_IP="127.0.0.1",
+            FLASKRTC_TURN_MIN_PORT="40000",
+            FLASKRTC_TURN_MAX_PORT="60000",
+        )
+        argv = [*command, "--bind", "127.0.0.1", "--port", "0", "--turn-port", "0"]
+        argv += ["--public-ip", "127.0.0.1"]
+        self.env = env  # for running its subcommands (doctor, config) the same way
+        self._launch(argv, env, timeout=timeout)
+
+    def get(self, path: str) -> bytes:
+        """The body of an HTTPS GET of ``path`` that must answer 200."""
+        with urllib.request.urlopen(
+            self.base + path, context=self.ssl_context(), timeout=10
+        ) as reply:
+            assert reply.status == 200
+            return bytes(reply.read())
 
 
 class Client:

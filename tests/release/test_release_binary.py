@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import pytest
 
 from flaskrtc import __version__
 from flaskrtc.turn.stun import Attr, Class, Message, Method, parse, serialize
-from tests.conftest import REPO, ServerProcess, free_port
+from tests.conftest import REPO, StandaloneProcess
 from tests.wire.test_turn_wire import RawTurn, assert_no_loss, uclient
 from tests.wire.test_ws import new_id
 
@@ -72,38 +71,15 @@ def binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "dist" / name
 
 
-class BinaryProcess(ServerProcess):
+class BinaryProcess(StandaloneProcess):
     """The binary copied alone into ``workdir`` and started there with flags and env only."""
 
     def __init__(self, workdir: Path, binary: Path) -> None:
-        self.workdir = workdir
-        self.tls = True
-        # Where the binary generates its certificate: ./configs/certs, as the source tree does.
-        self.cert = workdir / "configs" / "certs" / "cert.pem"
         self.binary = workdir / binary.name
         shutil.copy2(binary, self.binary)
         assert sorted(p.name for p in workdir.iterdir()) == [binary.name]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("FLASKRTC_", "PYTHON"))}
-        env.update(
-            FLASKRTC_TURN_BIND="127.0.0.1",
-            FLASKRTC_TURN_TLS_PORT=str(free_port()),
-            # The test's UDP peer is on loopback, which the default policy refuses.
-            FLASKRTC_TURN_ALLOWED_PEER_IP="127.0.0.1",
-            FLASKRTC_TURN_MIN_PORT="40000",
-            FLASKRTC_TURN_MAX_PORT="60000",
-        )
-        argv = [str(self.binary), "--bind", "127.0.0.1", "--port", "0", "--turn-port", "0"]
-        argv += ["--public-ip", "127.0.0.1"]
-        self.env = env  # for running `<binary> doctor` the same way
         # A one-file binary unpacks itself before Python starts: allow more than the usual 20 s.
-        self._launch(argv, env, timeout=60)
-
-    def get(self, path: str) -> bytes:
-        with urllib.request.urlopen(
-            self.base + path, context=self.ssl_context(), timeout=10
-        ) as reply:
-            assert reply.status == 200
-            return bytes(reply.read())
+        super().__init__(workdir, [str(self.binary)], timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +105,16 @@ def test_generates_certificate_and_secret_in_its_folder(running: BinaryProcess) 
 def test_serves_built_in_web_demo(running: BinaryProcess) -> None:
     assert not (running.workdir / "web").exists()
     assert running.get("/") == (REPO / "web" / "index.html").read_bytes()
+
+
+def test_config_subcommand_prints_built_in_template(running: BinaryProcess) -> None:
+    # In the binary's own folder, where no configs/config.ini exists to be read instead.
+    assert not (running.workdir / "configs" / "config.ini").exists()
+    done = subprocess.run(
+        [str(running.binary), "config"], cwd=running.workdir, capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (REPO / "configs" / "config.ini").read_bytes()
 
 
 def test_api_turn_over_https(running: BinaryProcess) -> None:
