@@ -150,11 +150,12 @@ class Server:
 
 def start_flaskrtc(workdir: Path, *, wildcard: bool = False) -> tuple[Server, str]:
     """flaskrtc with plain HTTP and TURN on loopback, no quotas; returns it and its HTTP port.
-    ``wildcard``: TURN on 0.0.0.0 with public_ip empty (the default configuration), where
-    every datagram's destination is read with IP_PKTINFO."""
+    ``wildcard``: TURN on :: with public_ip empty (the default configuration: one dual-stack
+    socket, IPv4 clients seen as ::ffff:a.b.c.d), where every datagram's destination is read
+    with IPV6_PKTINFO."""
     config = workdir / "config.ini"
     turn_addr = (
-        "public_ip =\nbind = 0.0.0.0" if wildcard else "public_ip = 127.0.0.1\nbind = 127.0.0.1"
+        "public_ip =\nbind = ::" if wildcard else "public_ip = 127.0.0.1\nbind = 127.0.0.1"
     )
     config.write_text(
         "[general]\nbind = 127.0.0.1\nport = 0\ntls = false\n"
@@ -500,7 +501,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=50, help="allocations in flight")
     parser.add_argument("--no-reference", action="store_true", help="skip the bare forwarder")
     parser.add_argument(
-        "--no-wildcard", action="store_true", help="skip flaskrtc on 0.0.0.0 (IP_PKTINFO)"
+        "--no-wildcard", action="store_true", help="skip flaskrtc on :: (the default, PKTINFO)"
     )
     parser.add_argument("--forward", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -535,8 +536,9 @@ def main() -> int:
             )
             if not args.no_wildcard:
                 print(
-                    f"flaskrtc*: pid {servers[1].pid}, turn udp {servers[1].port} (bind 0.0.0.0,"
-                    " public_ip empty: each datagram's destination read with IP_PKTINFO)"
+                    f"flaskrtc*: pid {servers[1].pid}, turn udp {servers[1].port} (the default: bind"
+                    " :: dual-stack, public_ip empty: each datagram's destination read with"
+                    " IPV6_PKTINFO)"
                 )
             print(f"coturn:   pid {coturn.pid}, turn udp {coturn.port}: {' '.join(coturn.cmd[1:])}")
             print(
