@@ -495,8 +495,9 @@ def pktinfo_destination(ancdata: list[tuple[int, int, bytes]]) -> tuple[str, Any
         if level == socket.IPPROTO_IPV6 and kind == _IPV6_PKTINFO and len(data) >= 20:
             addr, _ifindex = _IN6_PKTINFO.unpack_from(data)
             ip = canonical_ip(socket.inet_ntop(socket.AF_INET6, addr))
-            if ":" not in ip:
-                return ip, None  # IPv4-mapped: the kernel picks the IPv4 source itself
+            # IPv4-mapped too (a dual-stack socket's IPv4 client): Linux sends the IPv4 reply
+            # from the mapped address; without it the kernel picks its own source, which a
+            # multi-homed host gets wrong and the client drops.
             return ip, [(socket.IPPROTO_IPV6, _IPV6_PKTINFO, _IN6_PKTINFO.pack(addr, 0))]
     return None
 

@@ -164,6 +164,21 @@ def test_dual_allocation_relays_to_both_families(dual: TurnProcess, over: str) -
         v6.close()
 
 
+def test_an_ipv4_client_is_answered_from_the_address_it_sent_to(dual: TurnProcess) -> None:
+    """The dual-stack socket replies to an IPv4 client from the IPv4 address the client used
+    (IPV6_PKTINFO with the mapped address): here 127.0.0.2, where the kernel's own choice of
+    source for 127.0.0.1 would be 127.0.0.1, and a client drops a reply from elsewhere."""
+    client = client_over(dual, "127.0.0.2")
+    try:
+        reply = client.request(Method.ALLOCATE, {Attr.REQUESTED_TRANSPORT: 17})
+        assert reply.cls == Class.SUCCESS, reply
+        assert client.last_source == ("127.0.0.2", dual.turn_port)
+        # The relay lives on the address the client reached, too.
+        assert reply.attributes[Attr.XOR_RELAYED_ADDRESS][0] == "127.0.0.2"
+    finally:
+        client.close()
+
+
 def test_api_turn_names_the_family_the_client_used(dual: TurnProcess) -> None:
     over_v6 = dual.credentials("a", host=V6)["uris"]
     over_v4 = dual.credentials("b", host=V4)["uris"]
