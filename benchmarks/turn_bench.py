@@ -58,7 +58,7 @@ from flaskrtc.turn.stun import (  # noqa: E402
 SECRET = "bench-secret"
 REALM = "flutter-webrtc"
 HOST = "127.0.0.1"
-TURN_RE = re.compile(r"turn: listening on udp and tcp [0-9.]+:(\d+)")
+TURN_RE = re.compile(r"turn: listening on udp and tcp [^ ]+:(\d+)")
 HTTP_RE = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 
 

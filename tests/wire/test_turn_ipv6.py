@@ -179,6 +179,34 @@ def test_an_ipv4_client_is_answered_from_the_address_it_sent_to(dual: TurnProces
         client.close()
 
 
+@pytest.mark.parametrize(
+    "peer",
+    [
+        "::ffff:169.254.169.254",  # IPv4-mapped cloud metadata
+        "64:ff9b::a9fe:a9fe",  # its NAT64 form
+        "2002:a9fe:a9fe::1",  # its 6to4 form
+        "::169.254.169.254",  # IPv4-compatible
+        "fe80::1",  # link-local
+        "ff02::1",  # multicast
+        "::",  # unspecified
+        "::ffff:127.0.0.2",  # mapped loopback outside allowed_peer_ip
+    ],
+)
+def test_ipv6_relay_refuses_every_form_of_a_denied_peer(dual: TurnProcess, peer: str) -> None:
+    """The peer rules hold for an IPv6 relay as for an IPv4 one (403, RFC 8656 §9.1)."""
+    client = client_over(dual, V6)
+    try:
+        attrs: dict[int, Any] = {
+            Attr.REQUESTED_TRANSPORT: 17,
+            Attr.REQUESTED_ADDRESS_FAMILY: FAMILY[6],
+        }
+        assert client.request(Method.ALLOCATE, attrs).cls == Class.SUCCESS
+        refused = client.request(Method.CREATE_PERMISSION, {Attr.XOR_PEER_ADDRESS: (peer, 5000)})
+        assert refused.attributes[Attr.ERROR_CODE][0] == 403, refused
+    finally:
+        client.close()
+
+
 def test_api_turn_names_the_family_the_client_used(dual: TurnProcess) -> None:
     over_v6 = dual.credentials("a", host=V6)["uris"]
     over_v4 = dual.credentials("b", host=V4)["uris"]
