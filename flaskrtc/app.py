@@ -118,7 +118,7 @@ def turn_uris(
                     family,
                     host,
                 )
-                return []
+                return list(turn.servers)
         hosts = [host]
     uris: list[str] = []
     for host in hosts:
@@ -131,7 +131,8 @@ def turn_uris(
         tls_hosts = [domain] if domain and domain != "localhost" else hosts
         for host in tls_hosts:
             uris.append(f"turns:{_uri_host(host)}:{turn.tls_port}?transport=tcp")
-    return uris
+    # [turn] servers: other TURN servers sharing the secret, after this one's own URIs.
+    return uris + [uri for uri in turn.servers if uri not in uris]
 
 
 def create_app(

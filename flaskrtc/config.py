@@ -82,6 +82,9 @@ class TurnConfig:
     max_channels: int = 64  # per allocation, 1 .. 4096 (all channel numbers, RFC 8656 §12)
     max_lifetime: int = 3600  # seconds an allocation may ask for (RFC 8656 §7.2)
     default_lifetime: int = 600  # seconds, when none is asked for; 60 <= this <= max_lifetime
+    # Other TURN servers sharing the secret (flaskrtc or coturn): their URIs, after ours, in
+    # every /api/turn answer.
+    servers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -308,6 +311,48 @@ def _networks(text: str) -> tuple[str, ...]:
     return tuple(networks)
 
 
+_TURN_URI_RE = re.compile(
+    r"(turns?):(\[[0-9A-Fa-f:.]+\]|[^:/?\[\]\s]+)(?::(\d{1,5}))?(?:\?transport=(udp|tcp))?"
+)
+
+
+def _uri_host_ok(host: str) -> bool:
+    if host.startswith("["):
+        if not host.endswith("]"):
+            return False
+        try:
+            return ipaddress.ip_address(host[1:-1]).version == 6
+        except ValueError:
+            return False
+    return bool(_HOST_RE.fullmatch(host))
+
+
+def _turn_servers(text: str) -> tuple[str, ...]:
+    """``[turn] servers``: ``host:port`` items (a TURN server over UDP and TCP there) or full
+    ``turn:``/``turns:`` URIs (RFC 7065), comma-separated; the URIs /api/turn adds."""
+    expected = (
+        "comma-separated host:port (e.g. turn2.example.org:3478, [2001:db8::7]:3478) or "
+        "turn:/turns: URIs (e.g. turns:turn2.example.org:5349?transport=tcp)"
+    )
+    uris: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if item.startswith(("turn:", "turns:")):
+            match = _TURN_URI_RE.fullmatch(item)
+            if match is None or not _uri_host_ok(match.group(2)):
+                raise ValueError(f"{expected} ({item!r} is not such a URI)")
+            if match.group(3) is not None and not 0 < int(match.group(3)) < 65536:
+                raise ValueError(f"{expected} ({item!r}: port out of range)")
+            uris.append(item)
+            continue
+        host, colon, port = item.rpartition(":")
+        if not colon or not port.isdigit() or not 0 < int(port) < 65536 or not _uri_host_ok(host):
+            raise ValueError(f"{expected} ({item!r} is neither)")
+        uris += [f"turn:{host}:{int(port)}?transport=udp", f"turn:{host}:{int(port)}?transport=tcp"]
+    return tuple(uris)
+
+
 def _log_level(text: str) -> str:
     level = text.strip().upper()
     if level not in LOG_LEVELS:
@@ -354,6 +399,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "turn.max_channels": _int_range(1, 4096),
     "turn.max_lifetime": _int_range(60, 86400),
     "turn.default_lifetime": _int_range(60, 86400),
+    "turn.servers": _turn_servers,
     "auth.secret": _auth_secret,
 }
 _SECTIONS = ("general", "turn", "auth")

@@ -717,3 +717,38 @@ def test_unknown_key_error_lists_new_keys(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(str(path), {}, {})
     assert "min_port" in info.value.expected and "allowed_peer_ip" in info.value.expected
+
+
+def test_turn_servers_expand_to_uris(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    text = "turn2.example.org:3478, [2001:db8::7]:3479 , turns:t3.example.org:5349?transport=tcp"
+    config = load_config(None, {}, {"turn.servers": text})
+    assert config.turn.servers == (
+        "turn:turn2.example.org:3478?transport=udp",
+        "turn:turn2.example.org:3478?transport=tcp",
+        "turn:[2001:db8::7]:3479?transport=udp",
+        "turn:[2001:db8::7]:3479?transport=tcp",
+        "turns:t3.example.org:5349?transport=tcp",
+    )
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "turn2.example.org",
+        "host:0",
+        "host:70000",
+        "bad host:3478",
+        "turn:",
+        "stun:x:3478",
+        "turn:[zz::1]:3478",
+        "turn:x:3478?transport=sctp",
+        "[::1:3478",
+    ],
+)
+def test_bad_turn_servers_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="host:port"):
+        load_config(None, {}, {"turn.servers": bad})

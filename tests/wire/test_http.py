@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -261,6 +262,15 @@ def test_turn_uris_name_only_families_turn_listens_on() -> None:
     # No address of a listened family is known: nothing rather than a dead URI.
     wild = Config(GeneralConfig(), TurnConfig(bind="0.0.0.0", tls_port=0))
     assert turn_uris(wild, "[2001:db8::9]:8086", (4,)) == []
+    # [turn] servers follow this server's own URIs, always.
+    more = ("turn:turn2.example.org:3478?transport=udp",)
+    extra = Config(GeneralConfig(), TurnConfig(tls_port=0, servers=more))
+    assert turn_uris(extra, "127.0.0.1:8086")[2:] == list(more)
+    assert turn_uris(
+        dataclasses.replace(extra, turn=dataclasses.replace(extra.turn, bind="0.0.0.0")),
+        "[2001:db8::9]:8086",
+        (4,),
+    ) == list(more)
     # A host name is the client's to resolve: kept.
     assert turn_uris(wild, "rtc.example.org", (4,))[0] == "turn:rtc.example.org:19302?transport=udp"
 

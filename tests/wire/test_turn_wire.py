@@ -8,6 +8,7 @@ Tests that need coturn's tools skip when they are missing, unless FLASKRTC_REQUI
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -305,7 +306,9 @@ def test_loopback_peers_denied_by_default(tmp_path: Path) -> None:
         srv.stop()
 
 
-def test_coturn_accepts_api_turn_credentials(turn: TurnProcess, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def coturn(tmp_path: Path, secret: str = "test-secret") -> Iterator[tuple[int, Path]]:
+    """coturn's turnserver on 127.0.0.1 with use-auth-secret: its UDP/TCP port and log."""
     turnserver = require_tool("turnserver", package="coturn")
     port = free_port(socket.SOCK_DGRAM)
     log_path = tmp_path / "turnserver.log"
@@ -320,7 +323,7 @@ def test_coturn_accepts_api_turn_credentials(turn: TurnProcess, tmp_path: Path) 
             "--min-port=61000",
             "--max-port=61100",
             "--use-auth-secret",
-            "--static-auth-secret=test-secret",
+            f"--static-auth-secret={secret}",
             "--realm=flutter-webrtc",
             "--no-tls",
             "--no-dtls",
@@ -333,20 +336,49 @@ def test_coturn_accepts_api_turn_credentials(turn: TurnProcess, tmp_path: Path) 
         stderr=subprocess.STDOUT,
     )
     try:
-        creds = turn.credentials("coturn-compat")
-        deadline = time.monotonic() + 20
-        reply = None
-        while time.monotonic() < deadline:
-            try:
-                reply = allocate_with(port, creds["username"], creds["password"])
-                break
-            except (TimeoutError, ConnectionRefusedError):
-                continue  # coturn still starting
-        assert reply is not None and reply.cls == Class.SUCCESS, (
-            reply,
-            log_path.read_text(errors="replace")[-2000:],
-        )
+        yield port, log_path
     finally:
         proc.terminate()
         proc.wait(10)
         log_file.close()
+
+
+def allocate_when_up(port: int, creds: dict[str, Any], log_path: Path) -> Message:
+    """Allocate at a coturn that may still be starting (bounded retries)."""
+    deadline = time.monotonic() + 20
+    reply = None
+    while time.monotonic() < deadline:
+        try:
+            reply = allocate_with(port, creds["username"], creds["password"])
+            break
+        except (TimeoutError, ConnectionRefusedError):
+            continue  # coturn still starting
+    assert reply is not None and reply.cls == Class.SUCCESS, (
+        reply,
+        log_path.read_text(errors="replace")[-2000:],
+    )
+    return reply
+
+
+def test_coturn_accepts_api_turn_credentials(turn: TurnProcess, tmp_path: Path) -> None:
+    with coturn(tmp_path) as (port, log_path):
+        allocate_when_up(port, turn.credentials("coturn-compat"), log_path)
+
+
+def test_api_turn_lists_other_turn_servers_whose_credentials_work(tmp_path: Path) -> None:
+    """[turn] servers: /api/turn names another TURN server sharing the secret (here coturn)
+    after this one, and the same credential allocates on both."""
+    with coturn(tmp_path) as (port, log_path):
+        (tmp_path / "flaskrtc").mkdir()
+        server = TurnProcess(tmp_path / "flaskrtc", servers=f"127.0.0.1:{port}")
+        try:
+            creds = server.credentials("two-servers")
+            extra = [f"turn:127.0.0.1:{port}?transport=udp", f"turn:127.0.0.1:{port}?transport=tcp"]
+            assert creds["uris"][0] == f"turn:127.0.0.1:{server.turn_port}?transport=udp"
+            assert creds["uris"][-2:] == extra
+            assert allocate_with(server.turn_port, creds["username"], creds["password"]).cls == (
+                Class.SUCCESS
+            )
+            allocate_when_up(port, creds, log_path)
+        finally:
+            server.stop()
