@@ -62,15 +62,20 @@ class RelayAddressing:
 
     def supports(self, family: int, arrival: str | None = None) -> bool:
         """Whether a relay of ``family`` can be given an address a peer could use, for a
-        client whose request arrived on local address ``arrival``."""
-        if family == 4:
-            return True
-        if self.public_v6 or not is_wildcard(self.bind_v6) or self.fallback_v6:
+        client whose request arrived on local address ``arrival``: never a loopback relay
+        for a client that did not come over loopback (it would be 440, not a dead relay)."""
+        public = self.public_v4 if family == 4 else self.public_v6
+        bind = self.bind_v4 if family == 4 else self.bind_v6
+        fallback = self.fallback_v4 if family == 4 else self.fallback_v6
+        if public or not is_wildcard(bind):
             return True
         if arrival is None or is_wildcard(arrival):
-            return False
+            # Unknown (no IP_PKTINFO here): the fallback, as the start-up log warns.
+            return bool(fallback)
         here = ipaddress.ip_address(canonical_ip(arrival))
-        return here.version == 6 or here.is_loopback
+        if here.version == family or here.is_loopback:
+            return True
+        return bool(fallback) and not ipaddress.ip_address(fallback).is_loopback
 
     def choose(self, family: int, arrival: str | None) -> tuple[str, str]:
         """``(bind host, advertised host)`` of a relay of ``family`` (4 or 6) for a client

@@ -629,35 +629,89 @@ def bound_socket(kind: int, host: str, port: int, v6only: bool | None) -> gevent
     return sock
 
 
-def guess_public_ipv4() -> str:
-    """A non-loopback IPv4 address of this host (the relay address of last resort, where the
-    platform cannot say which address a client reached), else 127.0.0.1. No packet is sent."""
+# Where a UDP socket is "connected" to find the source address the kernel would use toward
+# the internet: documentation addresses (RFC 5737, RFC 3849). connect() on UDP sends nothing.
+_ROUTE_PROBES: dict[int, str] = {socket.AF_INET: "192.0.2.1", socket.AF_INET6: "2001:db8::1"}
+
+
+def _routed_source(family: int) -> list[str]:
+    """The local address of ``family`` the default route would send from, if there is one."""
     try:
-        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((_ROUTE_PROBES[family], 9))
+            return [str(probe.getsockname()[0])]
     except OSError:
-        infos = []
-    for info in infos:
-        ip = str(info[4][0])
-        if not ip.startswith("127."):
-            return ip
-    return "127.0.0.1"
+        return []
+
+
+def _interface_addresses(family: int) -> list[str]:
+    """The addresses of ``family`` on this host's interfaces (Linux; [] elsewhere)."""
+    found: list[str] = []
+    if family == socket.AF_INET6:
+        try:
+            # /proc/net/if_inet6: address (32 hex digits), ifindex, prefix, scope, flags, name.
+            with open("/proc/net/if_inet6") as table:
+                for line in table:
+                    digits = line.split()[0]
+                    found.append(str(ipaddress.IPv6Address(bytes.fromhex(digits))))
+        except (OSError, ValueError, IndexError):
+            pass
+        return found
+    try:
+        import fcntl
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            for _index, name in socket.if_nameindex():
+                try:
+                    request = struct.pack("256s", name.encode()[:15])
+                    answer = fcntl.ioctl(probe.fileno(), 0x8915, request)  # SIOCGIFADDR
+                except OSError:
+                    continue  # no IPv4 address on this interface
+                found.append(socket.inet_ntoa(answer[20:24]))
+    except (ImportError, OSError, AttributeError):
+        pass
+    return found
+
+
+def _hostname_addresses(family: int) -> list[str]:
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, family)
+    except OSError:
+        return []
+    return [str(info[4][0]).split("%", 1)[0] for info in infos]
+
+
+def _guess_address(family: int) -> str:
+    """A usable address of this host of ``family``: the default route's source, else an
+    interface's, else the host name's; public addresses before private ones, never loopback,
+    link-local or unspecified. "" when there is none. No packet is sent."""
+    usable: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    for source in (_routed_source, _interface_addresses, _hostname_addresses):
+        for text in source(family):
+            try:
+                address = ipaddress.ip_address(text)
+            except ValueError:
+                continue
+            mapped = isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped
+            if address.is_loopback or address.is_link_local or address.is_unspecified or mapped:
+                continue
+            if address not in usable:
+                usable.append(address)
+    usable.sort(key=lambda address: not address.is_global)  # stable: source order kept
+    return str(usable[0]) if usable else ""
+
+
+def guess_public_ipv4() -> str:
+    """A non-loopback IPv4 address of this host (the relay address of last resort: where the
+    platform cannot say which address a client reached, and for the IPv4 relay of a client
+    that came over IPv6), else 127.0.0.1. No packet is sent."""
+    return _guess_address(socket.AF_INET) or "127.0.0.1"
 
 
 def guess_public_ipv6() -> str:
     """A global IPv6 address of this host (for an IPv6 relay of a client that came over
     IPv4, when ``[turn] public_ip`` has none), else "": no such relays. No packet is sent."""
-    try:
-        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET6)
-    except OSError:
-        infos = []
-    for info in infos:
-        try:
-            address = ipaddress.IPv6Address(str(info[4][0]).split("%", 1)[0])
-        except ValueError:
-            continue
-        if not (address.is_loopback or address.is_link_local or address.ipv4_mapped):
-            return str(address)
-    return ""
+    return _guess_address(socket.AF_INET6)
 
 
 def is_local_address(ip: str) -> bool:

@@ -18,7 +18,7 @@ from playwright import sync_api
 
 from tests.browser import CHROMIUM_FLAGS, WebPage, chromium_path
 from tests.conftest import REPO, ServerProcess
-from tests.lab.netlab import SERVER_IP, NetLab, why_unavailable
+from tests.lab.netlab import IPV6_ONLY, SERVER_IP, SERVER_IP6, NetLab, why_unavailable
 
 HTTPS_PORT, TURN_PORT, TURNS_PORT = 8086, 19302, 5349
 
@@ -50,7 +50,8 @@ def nat(lab: NetLab) -> Iterator[NetLab]:
 
 
 class LabServer(ServerProcess):
-    """flaskrtc in the ``srv`` namespace on its default ports, TLS on, as deployed."""
+    """flaskrtc in the ``srv`` namespace on its default ports, TLS on, as deployed. It
+    listens on IPv4 only unless told (``"general.bind": "::", "turn.bind": "::"``)."""
 
     def __init__(self, lab: NetLab, workdir: Path, **settings: str) -> None:
         extra = {
@@ -65,6 +66,11 @@ class LabServer(ServerProcess):
         extra.update(settings)
         super().__init__(workdir, extra=extra, wrap=lab.exec_argv("srv", []))
         self.base = f"https://{SERVER_IP}:{self.port}"
+        self.base6 = f"https://[{SERVER_IP6}]:{self.port}"
+
+    def base_for(self, side: str) -> str:
+        """The URL client ``side`` reaches the server at: an IPv6-only one, its IPv6 address."""
+        return self.base6 if side in IPV6_ONLY else self.base
 
 
 @pytest.fixture
@@ -75,7 +81,7 @@ def lab_server(nat: NetLab, tmp_path: Path) -> Iterator[Callable[..., LabServer]
     def start(**settings: str) -> LabServer:
         assert not started, "one server at a time: they share the ports"
         workdir = tmp_path / "srv"
-        workdir.mkdir()
+        workdir.mkdir(exist_ok=True)  # a test may have put the certificate to use there
         started.append(LabServer(nat, workdir, **settings))
         return started[-1]
 
@@ -90,7 +96,7 @@ class LabPeer:
     def __init__(self, lab: NetLab, side: str, server: LabServer, peer_id: str, *args: str):
         self.id = peer_id
         argv = [
-            sys.executable, "-m", "tests.lab.peer", "--base", server.base,
+            sys.executable, "-m", "tests.lab.peer", "--base", server.base_for(side),
             "--cert", str(server.cert), "--id", peer_id, *args,
         ]  # fmt: skip
         self.proc = lab.popen(
@@ -159,7 +165,7 @@ class LabPeer:
 
 @pytest.fixture
 def lab_peer(nat: NetLab) -> Iterator[Callable[..., LabPeer]]:
-    """Start aiortc peers in ``clia``/``clib``; stopped after the test."""
+    """Start aiortc peers in ``clia``/``clib``/``clic``; stopped after the test."""
     peers: list[LabPeer] = []
 
     def start(side: str, server: LabServer, peer_id: str, *args: str) -> LabPeer:
@@ -182,26 +188,36 @@ def lab_playwright() -> Iterator[Any]:
         yield running
 
 
+class Browsers(dict[str, Any]):
+    """One headless Chromium per client namespace (started through ``ip netns exec``), on
+    first use: ``browsers["a"]``."""
+
+    def __init__(self, lab: NetLab, playwright: Any, folder: Path) -> None:
+        super().__init__()
+        self.lab, self.playwright, self.folder = lab, playwright, folder
+        self.chromium = chromium_path()
+
+    def __missing__(self, side: str) -> Any:
+        wrapper = self.folder / f"chromium-cli{side}"
+        wrapper.write_text(
+            f'#!/bin/sh\nexec ip netns exec {self.lab.ns(f"cli{side}")} {self.chromium} "$@"\n'
+        )
+        wrapper.chmod(0o755)
+        # The server's certificate is self-signed (the page, its WebSocket and turns:).
+        self[side] = self.playwright.chromium.launch(
+            executable_path=str(wrapper),
+            args=[*CHROMIUM_FLAGS, "--ignore-certificate-errors"],
+        )
+        return self[side]
+
+
 @pytest.fixture(scope="module")
 def lab_browsers(
     lab: NetLab, lab_playwright: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, Any]]:
-    """One headless Chromium per client namespace (started through ``ip netns exec``)."""
-    chromium = chromium_path()
-    folder = tmp_path_factory.mktemp("chromium")
-    browsers: dict[str, Any] = {}
+) -> Iterator[Browsers]:
+    """The Chromiums of the client namespaces, each started when a test first needs it."""
+    browsers = Browsers(lab, lab_playwright, tmp_path_factory.mktemp("chromium"))
     try:
-        for side in ("a", "b"):
-            wrapper = folder / f"chromium-cli{side}"
-            wrapper.write_text(
-                f'#!/bin/sh\nexec ip netns exec {lab.ns(f"cli{side}")} {chromium} "$@"\n'
-            )
-            wrapper.chmod(0o755)
-            # The server's certificate is self-signed (the page, its WebSocket and turns:).
-            browsers[side] = lab_playwright.chromium.launch(
-                executable_path=str(wrapper),
-                args=[*CHROMIUM_FLAGS, "--ignore-certificate-errors"],
-            )
         yield browsers
     finally:
         for browser in browsers.values():
@@ -249,10 +265,11 @@ async () => {
 
 @pytest.fixture
 def lab_page(
-    lab_browsers: dict[str, Any], nat: NetLab, tmp_path: Path
+    lab_browsers: Browsers, nat: NetLab, tmp_path: Path
 ) -> Iterator[Callable[..., WebPage]]:
-    """Open the web demo in the Chromium of client namespace ``a`` or ``b``. With
-    ``stun_only``, the page's /api/turn answer is rewritten to the server's STUN alone."""
+    """Open the web demo in the Chromium of client namespace ``a``, ``b`` or ``c`` (at the
+    server's IPv6 address). With ``stun_only``, the page's /api/turn answer is rewritten to
+    the server's STUN alone."""
     contexts: list[Any] = []
     pages: list[WebPage] = []
 
@@ -273,7 +290,7 @@ def lab_page(
                 route.fulfill(json=body, headers={"Access-Control-Allow-Origin": "*"})
 
             context.route("**/api/turn*", rewrite)
-        page = WebPage(context.new_page(), server.base, tmp_path)
+        page = WebPage(context.new_page(), server.base_for(side), tmp_path)
         pages.append(page)
         return page.open() if open_demo else page
 

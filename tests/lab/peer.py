@@ -5,9 +5,11 @@
 
 It registers, answers calls (echoing data-channel text) or, with ``--call``, calls and sends
 one text over the data channel. It prints one JSON object per line on stdout: ``registered``,
-``state`` (the peer connection's connectionState), ``pair`` (the selected candidate pair and
-every local candidate, once connected), ``echoed`` (the caller got its text back) and
-``error``. It runs until stdin closes or ``--timeout`` passes.
+``ice`` (the URIs /api/turn offered and those it took), ``gathered`` (the local candidates
+its offer or answer carries), ``state`` (the peer connection's connectionState), ``pair``
+(the selected candidate pair, every local candidate and, when the selected local candidate
+is a relay, the two ends of the socket it reaches the TURN server over), ``echoed`` (the
+caller got its text back) and ``error``. It runs until stdin closes or ``--timeout`` passes.
 """
 
 from __future__ import annotations
@@ -15,15 +17,44 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import ssl
 import sys
 import threading
 import time
 from typing import Any
 
-from aiortc import RTCIceServer
+from aiortc import RTCIceServer, rtcicetransport
+from aiortc.sdp import candidate_from_sdp
 
-from tests.aiortc_peer import AiortcPeer
+from tests.aiortc_peer import AiortcPeer, first_uri
+
+_BRACKETED = re.compile(r"(stuns?:|turns?:)\[([0-9A-Fa-f:.]+)\](.*)")
+
+
+def accept_ipv6_literals() -> None:
+    """Let aiortc take ``turn:[2001:db8::10]:19302?transport=udp`` (RFC 7065 §3.1).
+
+    aiortc 1.16 refuses it ("malformed uri": its URI regexes allow no ``:`` in the host), so
+    an aiortc peer cannot be given a TURN server by its IPv6 address; aioice itself connects
+    to one (``create_turn_endpoint`` resolves the host with getaddrinfo, either family). The
+    literal is parsed in place of a name and the host, unbracketed, put back.
+    """
+    parse = rtcicetransport.parse_stun_turn_uri
+    if getattr(parse, "accepts_ipv6_literals", False):
+        return
+
+    def parse_literal(uri: str) -> dict[str, Any]:
+        found = _BRACKETED.fullmatch(uri)
+        if found is None:
+            return parse(uri)
+        scheme, host, rest = found.groups()
+        parsed = parse(f"{scheme}ipv6-literal{rest}")
+        parsed["host"] = host
+        return parsed
+
+    parse_literal.accepts_ipv6_literals = True  # type: ignore[attr-defined]
+    rtcicetransport.parse_stun_turn_uri = parse_literal
 
 
 class Remote:
@@ -43,12 +74,21 @@ class Remote:
 
 
 def ice_choice(kind: str) -> Any:
-    """ICE servers from /api/turn's answer: one TURN URI (udp, tcp, tls), STUN only, or none."""
+    """ICE servers from /api/turn's answer: ``uris[0]`` (first: the Flutter apps' choice),
+    one TURN URI (udp, tcp, tls), STUN only, or none. Says both in an ``ice`` event."""
 
     def choose(body: dict[str, Any]) -> list[RTCIceServer]:
+        servers = pick(body)
+        chosen = [u for s in servers for u in ([s.urls] if isinstance(s.urls, str) else s.urls)]
+        emit("ice", offered=body["uris"], chosen=chosen)
+        return servers
+
+    def pick(body: dict[str, Any]) -> list[RTCIceServer]:
         uris: list[str] = body["uris"]
         if kind == "none":
             return []
+        if kind == "first":
+            return first_uri(body)
         if kind == "stun":
             # The TURN server answers STUN Binding requests on its UDP port.
             host_port = uris[0].split(":", 1)[1].split("?", 1)[0]
@@ -64,12 +104,43 @@ def ice_choice(kind: str) -> Any:
     return choose
 
 
+_emitting = threading.Lock()
+
+
 def emit(event: str, **fields: Any) -> None:
-    print(json.dumps({"event": event, **fields}), flush=True)
+    """One JSON line on stdout (whole: ``ice`` is said from another thread)."""
+    with _emitting:
+        sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
+        sys.stdout.flush()
 
 
 def _candidate(c: Any) -> dict[str, Any]:
-    return {"type": c.type, "ip": c.host, "port": c.port}
+    # related: a relay's mapped address (where the TURN server saw this peer), else None.
+    return {"type": c.type, "ip": c.host, "port": c.port, "related": c.related_address}
+
+
+def _turn_connection(pair: Any) -> dict[str, Any] | None:
+    """The local and server addresses of the socket a relayed pair reaches TURN over."""
+    if pair.local_candidate.type != "relay":
+        return None
+    # aioice's TurnTransport keeps its TURN client protocol in a private attribute.
+    client = pair.protocol.transport._TurnTransport__inner_protocol
+    info = client.transport.get_extra_info
+    return {"local": list(info("sockname")[:2]), "server": list(info("peername")[:2])}
+
+
+async def _gathered(peer: AiortcPeer) -> list[dict[str, Any]] | None:
+    """The candidates of the local description, once there is one (aiortc gathers them all
+    before it sets it); None before."""
+    description = peer.pc.localDescription if peer.pc is not None else None
+    if description is None:
+        return None
+    prefix = "a=candidate:"
+    lines = [line for line in description.sdp.splitlines() if line.startswith(prefix)]
+    parsed = [candidate_from_sdp(line[len(prefix) :]) for line in lines]  # RTCIceCandidate
+    return [
+        {"type": c.type, "ip": c.ip, "port": c.port, "related": c.relatedAddress} for c in parsed
+    ]
 
 
 async def _report_pair(peer: AiortcPeer) -> None:
@@ -88,6 +159,7 @@ async def _report_pair(peer: AiortcPeer) -> None:
             local=_candidate(nominated.local_candidate),
             remote=_candidate(nominated.remote_candidate),
             candidates=[_candidate(c) for c in connection.local_candidates],
+            turn=_turn_connection(nominated),
         )
         return
 
@@ -97,11 +169,13 @@ def main() -> int:
     parser.add_argument("--base", required=True)
     parser.add_argument("--cert", required=True)
     parser.add_argument("--id", required=True)
-    parser.add_argument("--ice", choices=["udp", "tcp", "tls", "stun", "none"], default="udp")
+    kinds = ["first", "udp", "tcp", "tls", "stun", "none"]
+    parser.add_argument("--ice", choices=kinds, default="udp")
     parser.add_argument("--call")
     parser.add_argument("--timeout", type=float, default=90)
     args = parser.parse_args()
 
+    accept_ipv6_literals()
     peer = AiortcPeer(
         Remote(args.base, args.cert),  # type: ignore[arg-type]
         args.id,
@@ -120,11 +194,16 @@ def main() -> int:
     deadline = time.monotonic() + args.timeout
     if args.call:
         peer.call(args.call, media="data")
-    last_state, reported, sent = "", False, False
+    last_state, gathered, reported, sent = "", False, False, False
     while not stop.is_set() and time.monotonic() < deadline:
         if peer.errors:
             emit("error", error=repr(peer.errors[0]))
             return 1
+        if not gathered:
+            candidates = asyncio.run_coroutine_threadsafe(_gathered(peer), peer.loop).result(10)
+            if candidates is not None:
+                gathered = True
+                emit("gathered", candidates=candidates)
         if peer.state != last_state:
             last_state = peer.state
             emit("state", state=last_state)

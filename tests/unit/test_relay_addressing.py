@@ -87,20 +87,40 @@ def test_the_core_opens_relays_on_the_five_tuples_server_address() -> None:
     assert ports.locals == ["198.18.0.10", "198.18.0.11", "198.18.0.11"]
 
 
-def test_guessed_ipv6_fallback_is_a_global_address(monkeypatch: pytest.MonkeyPatch) -> None:
-    import socket
-
+def test_guessed_addresses_skip_loopback_and_link_local_and_prefer_public(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import flaskrtc.turn.server as turn_server
 
-    def infos(*_: object) -> list[tuple[object, ...]]:
-        return [(0, 0, 0, "", (ip, 0, 0, 0)) for ip in ("::1", "fe80::1%eth0", "2001:db8::7")]
-
-    monkeypatch.setattr(socket, "getaddrinfo", infos)
-    assert turn_server.guess_public_ipv6() == "2001:db8::7"
-    monkeypatch.setattr(socket, "getaddrinfo", lambda *_: [(0, 0, 0, "", ("::1", 0, 0, 0))])
+    sources = {
+        "_routed_source": ["10.0.0.5"],
+        "_interface_addresses": ["127.0.0.1", "169.254.1.1", "93.184.216.34", "10.0.0.5"],
+        "_hostname_addresses": ["127.0.1.1"],
+    }
+    for name, found in sources.items():
+        monkeypatch.setattr(turn_server, name, lambda _family, found=found: found)
+    assert turn_server.guess_public_ipv4() == "93.184.216.34"  # public before private
+    for name in sources:
+        monkeypatch.setattr(turn_server, name, lambda _family: ["::1", "fe80::1", "127.0.0.1"])
+    # Nothing usable: IPv4 falls back to loopback (for loopback clients), IPv6 to none.
+    assert turn_server.guess_public_ipv4() == "127.0.0.1"
     assert turn_server.guess_public_ipv6() == ""
-    addressing = turn_server.relay_addressing("", "::")
+    monkeypatch.setattr(turn_server, "_interface_addresses", lambda _family: ["2001:db8::7"])
+    assert turn_server.guess_public_ipv6() == "2001:db8::7"
+
+
+def test_a_relay_of_the_other_family_is_never_loopback_for_a_client_off_loopback() -> None:
+    # No public_ip, wildcard binds, and no address of the other family known (loopback only):
+    # a client over IPv6 cannot get an IPv4 relay on 127.0.0.1 (440), one on ::1 can.
+    addressing = RelayAddressing(bind_v4="0.0.0.0", bind_v6="::", fallback_v4="127.0.0.1")
+    assert not addressing.supports(4, "2001:db8::10")
+    assert addressing.supports(4, "::1")
+    assert addressing.choose(4, "::1") == ("127.0.0.1", "127.0.0.1")
     assert not addressing.supports(6, "198.51.100.1")  # an IPv4 client: no IPv6 relay known
     assert addressing.supports(6, "127.0.0.1")  # loopback: ::1
     assert addressing.choose(6, "127.0.0.1") == ("::1", "::1")
-    assert addressing.choose(4, "::1") == ("127.0.0.1", "127.0.0.1")
+    # With a real address of the other family, it is used.
+    known = RelayAddressing(fallback_v4="198.18.0.10", fallback_v6="2001:db8::10")
+    assert known.supports(4, "2001:db8::10")
+    assert known.choose(4, "2001:db8::10") == ("0.0.0.0", "198.18.0.10")
+    assert known.choose(6, "198.51.100.1") == ("::", "2001:db8::10")
