@@ -154,9 +154,7 @@ def start_flaskrtc(workdir: Path, *, wildcard: bool = False) -> tuple[Server, st
     socket, IPv4 clients seen as ::ffff:a.b.c.d), where every datagram's destination is read
     with IPV6_PKTINFO."""
     config = workdir / "config.ini"
-    turn_addr = (
-        "public_ip =\nbind = ::" if wildcard else "public_ip = 127.0.0.1\nbind = 127.0.0.1"
-    )
+    turn_addr = "public_ip =\nbind = ::" if wildcard else "public_ip = 127.0.0.1\nbind = 127.0.0.1"
     config.write_text(
         "[general]\nbind = 127.0.0.1\nport = 0\ntls = false\n"
         f"html_root = {REPO / 'web'}\nlog_level = INFO\n"
@@ -536,9 +534,9 @@ def main() -> int:
             )
             if not args.no_wildcard:
                 print(
-                    f"flaskrtc*: pid {servers[1].pid}, turn udp {servers[1].port} (the default: bind"
-                    " :: dual-stack, public_ip empty: each datagram's destination read with"
-                    " IPV6_PKTINFO)"
+                    f"flaskrtc*: pid {servers[1].pid}, turn udp {servers[1].port} (the default:"
+                    " bind :: dual-stack, public_ip empty: each datagram's destination read"
+                    " with IPV6_PKTINFO)"
                 )
             print(f"coturn:   pid {coturn.pid}, turn udp {coturn.port}: {' '.join(coturn.cmd[1:])}")
             print(
