@@ -44,6 +44,9 @@ def dual(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TurnProcess]:
         bind="::",
         public_ip="",
         allowed_peer_ip="127.0.0.1, ::1",
+        # Every test's clients come from ::1 or 127.0.0.1: quotas are not what is tested here.
+        user_quota="0",
+        ip_quota="0",
     )
     yield proc
     proc.stop()
