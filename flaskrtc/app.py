@@ -18,6 +18,7 @@ from flaskrtc.config import Config, public_ips
 from flaskrtc.ratelimit import retry_after_header
 from flaskrtc.resources import resolve_html_root
 from flaskrtc.signal.server import TRANSPORT_KEY, SignalServer
+from flaskrtc.turn.addressing import LOOPBACK, url_host
 from flaskrtc.turn.credentials import CredentialError, make_credential
 
 log = logging.getLogger("flaskrtc.http")
@@ -80,11 +81,6 @@ def _family(host: str) -> int | None:
         return None
 
 
-def _uri_host(host: str) -> str:
-    # An IPv6 literal goes in brackets in a URI (RFC 7065 §3.1).
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
 def turn_uris(
     config: Config,
     request_host: str,
@@ -108,7 +104,7 @@ def turn_uris(
         if family is not None and family not in families:
             bind = turn.bind if _family(turn.bind) in families else ""
             if ipaddress.ip_address(host).is_loopback:
-                host = "::1" if family == 4 else "127.0.0.1"
+                host = LOOPBACK[6 if family == 4 else 4]
             elif bind and not ipaddress.ip_address(bind).is_unspecified:
                 host = bind
             else:
@@ -122,15 +118,15 @@ def turn_uris(
         hosts = [host]
     uris: list[str] = []
     for host in hosts:
-        uris.append(f"turn:{_uri_host(host)}:{turn.port}?transport=udp")
-        uris.append(f"turn:{_uri_host(host)}:{turn.port}?transport=tcp")
+        uris.append(f"turn:{url_host(host)}:{turn.port}?transport=udp")
+        uris.append(f"turn:{url_host(host)}:{turn.port}?transport=tcp")
     if turn.tls_port:
         # The certificate names `domain`; with the default "localhost" the client's own
         # host name is the better guess.
         domain = config.general.domain
         tls_hosts = [domain] if domain and domain != "localhost" else hosts
         for host in tls_hosts:
-            uris.append(f"turns:{_uri_host(host)}:{turn.tls_port}?transport=tcp")
+            uris.append(f"turns:{url_host(host)}:{turn.tls_port}?transport=tcp")
     # [turn] servers: other TURN servers sharing the secret, after this one's own URIs.
     return uris + [uri for uri in turn.servers if uri not in uris]
 

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives import serialization
 
 from flaskrtc import __version__
 from flaskrtc.config import SECRET_FILE_NAME, Config, ConfigError, load_config, public_ips
+from flaskrtc.turn.addressing import url_host
 from flaskrtc.turn.client import (
     DataIndication,
     Request,
@@ -553,10 +554,6 @@ class ServerAnswer:
         return None
 
 
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
 def _local_host(bind: str) -> str:
     """Where to reach a server bound on ``bind`` from this host."""
     # "::" is dual-stack by default (or IPv4 alone on a host without IPv6): 127.0.0.1 works.
@@ -569,7 +566,7 @@ def default_url(config: Config) -> str | None:
     if not general.port:
         return None
     scheme = "https" if general.tls else "http"
-    return f"{scheme}://{_url_host(_local_host(general.bind))}:{general.port}"
+    return f"{scheme}://{url_host(_local_host(general.bind))}:{general.port}"
 
 
 def _insecure_context() -> ssl.SSLContext:
@@ -1042,10 +1039,10 @@ def turn_row(uri: TurnUri, result: SelfTest, config: Config | None, local: str =
     ``local``: after a no-answer, the address on this host where the TURN port did answer
     STUN (then the address /api/turn hands out is the problem, not the server), else ""."""
     name = f"turn {uri.link}"
-    target = f"{_url_host(uri.host)}:{uri.port}"
+    target = f"{url_host(uri.host)}:{uri.port}"
     if result.ok:
         assert result.rtt is not None
-        relays = " and ".join(f"{_url_host(ip)}:{port}" for ip, port in result.relays)
+        relays = " and ".join(f"{url_host(ip)}:{port}" for ip, port in result.relays)
         detail = f"{target}: relayed both ways via {relays}, RTT {result.rtt * 1000:.1f} ms"
         return Row(name, Status.OK, detail)
     detail = f"{target}: failed at {result.step}: {result.detail}"
@@ -1111,7 +1108,7 @@ def _port_owner(
     host = _local_host(spec.bind)
 
     def http_owner() -> str | None:
-        url = f"{'https' if config.general.tls else 'http'}://{_url_host(host)}:{spec.port}"
+        url = f"{'https' if config.general.tls else 'http'}://{url_host(host)}:{spec.port}"
         if answer is not None and creds is not None and answer.url.rstrip("/") == url:
             return f"/api/turn answers at {url}"
         if fetch_api_turn(url, timeout).credentials is not None:
@@ -1207,7 +1204,7 @@ def run_checks(
             if uri.host.strip("[]") != local_host:
                 # Does the server answer on this host? Then the advertised address is wrong.
                 if stun_binding(uri.link, local_host, uri.port, timeout) is not None:
-                    local = f"{_url_host(local_host)}:{uri.port}"
+                    local = f"{url_host(local_host)}:{uri.port}"
         rows.append(turn_row(uri, result, valid, local))
     return rows, base or ""
 

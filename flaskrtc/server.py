@@ -25,7 +25,7 @@ from flaskrtc.config import Config, public_ips
 from flaskrtc.ratelimit import ConnectionLimits, LogThrottle, RateLimiter
 from flaskrtc.signal.server import SignalingHandler, SignalServer, unmapped
 from flaskrtc.tls import HandshakeGuard, ensure_certificate, make_ssl_context
-from flaskrtc.turn.addressing import is_wildcard
+from flaskrtc.turn.addressing import is_wildcard, url_host
 from flaskrtc.turn.auth import Credentials, Nonces
 from flaskrtc.turn.core import Limits, TurnCore
 from flaskrtc.turn.policy import PeerPolicy
@@ -73,17 +73,13 @@ def _raise_fd_limit() -> None:
         pass
 
 
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
 def banner(config: Config, scheme: str, host: str, port: int) -> list[str]:
     """The start-up lines: where to point a browser, the apps and ICE clients."""
     ws = "wss" if scheme == "https" else "ws"
-    shown = ["localhost"] if host in ("0.0.0.0", "::") else [_url_host(host)]
+    shown = ["localhost"] if host in ("0.0.0.0", "::") else [url_host(host)]
     if config.general.domain not in ("", "localhost") and host in ("0.0.0.0", "::"):
         shown.append(config.general.domain)
-    lines = [f"flaskrtc {__version__} listening on {scheme}://{_url_host(host)}:{port}"]
+    lines = [f"flaskrtc {__version__} listening on {scheme}://{url_host(host)}:{port}"]
     for name in shown:
         lines.append(f"  web demo:          {scheme}://{name}:{port}/")
         lines.append(f"  signaling:         {ws}://{name}:{port}/ws")
@@ -294,7 +290,7 @@ def run(config: Config) -> int:
     scheme = "https" if config.general.tls else "http"
     for line in banner(config, scheme, host, port):
         log.info("%s", line)
-    turn_host = _url_host(config.turn.bind)
+    turn_host = url_host(config.turn.bind)
     log.info(
         "turn: listening on udp and tcp %s:%d%s (%s); relay ports %d-%d",
         turn_host,

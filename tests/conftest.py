@@ -285,11 +285,22 @@ def fresh_server(tmp_path: Path) -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="module")
 def udp_peer() -> Iterator[int]:
-    """turnutils_peer: a UDP echo peer on loopback."""
+    """turnutils_peer: a UDP echo peer on 127.0.0.1."""
+    yield from _echo_peer("127.0.0.1")
+
+
+@pytest.fixture
+def udp_peer6() -> Iterator[int]:
+    """turnutils_peer: a UDP echo peer on ::1."""
+    yield from _echo_peer("::1")
+
+
+def _echo_peer(host: str) -> Iterator[int]:
+    """coturn's turnutils_peer echoing UDP on ``host``; its port, while the fixture lives."""
     peer = require_tool("turnutils_peer", package="coturn")
     port = free_port(socket.SOCK_DGRAM)
     proc = subprocess.Popen(
-        [peer, "-L", "127.0.0.1", "-p", str(port)],
+        [peer, "-L", host, "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

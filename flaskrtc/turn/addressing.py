@@ -23,7 +23,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-__all__ = ["RelayAddressing", "canonical_ip", "is_wildcard"]
+__all__ = ["LOOPBACK", "RelayAddressing", "canonical_ip", "is_wildcard", "url_host"]
 
 
 def canonical_ip(ip: str) -> str:
@@ -41,6 +41,12 @@ def is_wildcard(ip: str) -> bool:
 
 
 LOOPBACK = {4: "127.0.0.1", 6: "::1"}
+
+
+def url_host(host: str) -> str:
+    """``host`` as a URL or URI writes it: an IPv6 literal in brackets (RFC 3986 §3.2.2,
+    RFC 7065 §3.1 for turn: URIs); a name, an IPv4 address or a bracketed one as it is."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def _family(ip: str) -> int:

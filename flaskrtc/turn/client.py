@@ -167,9 +167,11 @@ class TurnClient:
             Method.CHANNEL_BIND, {Attr.CHANNEL_NUMBER: channel, Attr.XOR_PEER_ADDRESS: peer}
         )
 
-    def send_indication(self, peer: Address, data: bytes) -> bytes:
+    @staticmethod
+    def send_indication(peer: Address, data: bytes) -> bytes:
         """A Send indication carrying ``data`` to ``peer`` (RFC 8656 §11.1). Indications are
-        never authenticated: the allocation's five-tuple is what the server trusts."""
+        never authenticated: the allocation's five-tuple is what the server trusts, so no
+        client state is needed (``TurnClient.send_indication(peer, data)``)."""
         msg = Message(
             Method.SEND,
             Class.INDICATION,

@@ -276,10 +276,9 @@ class TurnServer:
             target = self.core.channel_data(allocation, data)
             if target is not None:
                 peer = target[0]
-                second = allocation.second  # a dual allocation: the relay of peer's family
-                relay = allocation.relay if second is None or ":" not in peer[0] else second
                 try:
-                    relay.raw.sendto(target[1], peer)
+                    # A dual allocation sends from the relay of the peer's family.
+                    allocation.relay_for(peer[0]).raw.sendto(target[1], peer)
                 except OSError:
                     pass  # full buffer or unreachable peer: UDP drops it
             return
@@ -288,8 +287,7 @@ class TurnServer:
                 link.send(effect.data)
             elif isinstance(effect, ToPeer):
                 try:
-                    relay = effect.allocation.relay_for(effect.peer[0])
-                    relay.raw.sendto(effect.data, effect.peer)
+                    effect.allocation.relay_for(effect.peer[0]).raw.sendto(effect.data, effect.peer)
                 except OSError:
                     pass
         allocation = self.core.allocations.by_five_tuple.get(five_tuple)

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright import sync_api
 
 from flaskrtc.auth import make_token
-from tests.browser import CHROMIUM_FLAGS, WebPage, chromium_path, run_check
+from tests.browser import WebPage, run_check
 from tests.conftest import ServerProcess
 
 SECRET = "browser-test-auth-secret-42"
@@ -75,14 +74,6 @@ def authed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         srv = ServerProcess(tmp_path_factory.mktemp("authed"), extra=LOOPBACK)
     yield srv
     assert srv.stop() == 0
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as running:
-        launched = running.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

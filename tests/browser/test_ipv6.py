@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright import sync_api
 
-from tests.browser import CHROMIUM_FLAGS, RELAY_ONLY_BY_DEFAULT, WebPage, chromium_path
+from tests.browser import RELAY_ONLY_BY_DEFAULT, WebPage
 from tests.conftest import ServerProcess
 
 V6, V4 = "[::1]", "127.0.0.1"  # the hosts the pages are opened on
@@ -158,14 +157,6 @@ def dual(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     )
     yield srv
     assert srv.stop() == 0
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as running:
-        launched = running.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

@@ -299,3 +299,18 @@ def lab_page(
         context.close()
     errors = [err for page in pages for err in page.errors]
     assert errors == [], f"uncaught errors in the page: {errors}"
+
+
+def chat_call(caller: WebPage, callee: WebPage, there: str, back: str) -> None:
+    """``caller`` places a data call to ``callee`` with ICE policy "all" (the lab's NATs and
+    address families are what force the relay), ``callee`` accepts, and a chat text goes
+    each way once both are connected."""
+    caller.wait_peer(callee.id)
+    caller.call(callee.id, "data", relay_only=False)
+    callee.accept()
+    for page in (caller, callee):
+        page.wait_state("connected", timeout=45)
+    caller.chat(there)
+    callee.wait_chat(there)
+    callee.chat(back)
+    caller.wait_chat(back)

@@ -22,8 +22,9 @@ import pytest
 
 from flaskrtc.tls import ensure_certificate
 from tests.browser import WebPage
-from tests.lab.conftest import SELECTED_PAIR, TURN_PORT, LabPeer, LabServer
+from tests.lab.conftest import SELECTED_PAIR, TURN_PORT, LabPeer, LabServer, chat_call
 from tests.lab.netlab import CLIENT_IP6, NAT_WAN, SERVER_IP, SERVER_IP6, NetLab
+from tests.lab.test_nat import relays
 
 pytestmark = pytest.mark.lab
 
@@ -61,10 +62,6 @@ def call(server: LabServer, start_peer: StartPeer, caller: str) -> tuple[Report,
         assert "failed" not in peer.states(), peer.events
         reports.append({**peer.wait("pair"), "ice": peer.wait("ice")})
     return reports[0], reports[1]
-
-
-def relays(report: Report) -> list[str]:
-    return [x["ip"] for x in report["candidates"] if x["type"] == "relay"]
 
 
 def assert_relayed_across_families(c: Report, b: Report) -> None:
@@ -149,15 +146,7 @@ def test_chromium_ipv6_only_calls_ipv4_only(lab_server: StartServer, lab_page: O
     in b, with every URI of /api/turn (a browser's way): the same relay across families."""
     server = lab_server(**DUAL_STACK, **{"turn.public_ip": BOTH_ADDRESSES})
     c, b = lab_page("c", server), lab_page("b", server)
-    c.wait_peer(b.id)
-    c.call(b.id, "data", relay_only=False)  # ICE policy "all": the families force the relay
-    b.accept()
-    for page in (c, b):
-        page.wait_state("connected", timeout=45)
-    c.chat("hello from IPv6")
-    b.wait_chat("hello from IPv6")
-    b.chat("and back over IPv4")
-    c.wait_chat("and back over IPv4")
+    chat_call(c, b, "hello from IPv6", "and back over IPv4")
     local_c = c.page.evaluate(LOCAL_OF_SELECTED_PAIR)
     assert local_c["type"] == "relay" and local_c["ip"] == SERVER_IP, local_c
     assert local_c["url"].startswith(f"turn:[{SERVER_IP6}]:{TURN_PORT}"), local_c

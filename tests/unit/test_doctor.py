@@ -360,6 +360,17 @@ def test_public_ip_on_this_host_is_ok() -> None:
     assert row.status is Status.OK and "an address of this host" in row.detail
 
 
+def test_public_ip_of_both_families_is_one_row_as_bad_as_the_worse() -> None:
+    both = make_config(public_ip="203.0.113.5, 2001:db8::5")
+    row = check_public_ip(both, local)
+    assert row.status is Status.OK and row.detail.count("an address of this host") == 2
+    half = check_public_ip(both, lambda ip: ":" not in ip)  # the IPv6 one is a NAT's
+    assert half.status is Status.WARN
+    assert "203.0.113.5: an address of this host" in half.detail
+    assert "2001:db8::5 is not an address of this host" in half.detail
+    assert "2001:db8::5" in half.fix and "203.0.113.5" not in half.fix
+
+
 def test_public_ip_elsewhere_assumes_a_nat_and_names_the_forwards() -> None:
     row = check_public_ip(make_config(public_ip="203.0.113.5"), remote)
     assert row.status is Status.WARN

@@ -11,6 +11,7 @@ import pytest
 
 from flaskrtc.turn.allocation import FiveTuple
 from flaskrtc.turn.auth import Credentials, Nonces
+from flaskrtc.turn.client import TurnClient
 from flaskrtc.turn.core import Limits, ToClient, ToPeer, TurnCore, log_text
 from flaskrtc.turn.credentials import make_credential
 from flaskrtc.turn.policy import PeerPolicy
@@ -518,11 +519,6 @@ def test_zero_quotas_mean_unlimited() -> None:
 # --- issue 10: the own-relay exception reaches relay sockets only ---------------------------
 
 
-def send_indication(peer: tuple[str, int], data: bytes) -> bytes:
-    attrs: dict[int, Any] = {Attr.XOR_PEER_ADDRESS: peer, Attr.DATA: data}
-    return serialize(Message(Method.SEND, Class.INDICATION, attributes=attrs))
-
-
 def sent(effects: list[Any]) -> list[tuple[tuple[str, int], bytes]]:
     return [(e.peer, e.data) for e in effects if isinstance(e, ToPeer)]
 
@@ -546,10 +542,10 @@ def test_permission_to_another_relay_does_not_open_the_rest_of_its_ip() -> None:
         a.request(Method.CREATE_PERMISSION, {Attr.XOR_PEER_ADDRESS: relay_b}).cls == Class.SUCCESS
     )
     # Relay to relay works (Send indication) ...
-    assert sent(a.raw(send_indication(relay_b, b"hi"))) == [(relay_b, b"hi")]
+    assert sent(a.raw(TurnClient.send_indication(relay_b, b"hi"))) == [(relay_b, b"hi")]
     # ... but the permission won by the exception does not cover other ports of that IP.
-    assert a.raw(send_indication(victim, b"GET / HTTP/1.0\r\n\r\n")) == []
-    assert a.raw(send_indication(("127.0.0.1", relay_b[1] + 7), b"x")) == []
+    assert a.raw(TurnClient.send_indication(victim, b"GET / HTTP/1.0\r\n\r\n")) == []
+    assert a.raw(TurnClient.send_indication(("127.0.0.1", relay_b[1] + 7), b"x")) == []
     bind = {Attr.CHANNEL_NUMBER: 0x4000, Attr.XOR_PEER_ADDRESS: victim}
     assert error(a.request(Method.CHANNEL_BIND, bind)) == 403
     allocation = core.allocations.get(a.ft)
@@ -579,7 +575,7 @@ def test_channel_to_another_relay_works_and_dies_with_that_relay() -> None:
     assert b.request(Method.REFRESH, {Attr.LIFETIME: 0}).attributes[Attr.LIFETIME] == 0
     assert a.raw(frame) == []
     assert core.channel_data(allocation, frame) is None
-    assert a.raw(send_indication(relay_b, b"x")) == []
+    assert a.raw(TurnClient.send_indication(relay_b, b"x")) == []
     assert core.from_peer(allocation, relay_b, b"back", True) is None
     assert allocation.channel_to_peer == {0x4001: relay_b}
 
@@ -590,7 +586,7 @@ def test_relay_to_relay_both_ways_with_indications() -> None:
     b.request(Method.CREATE_PERMISSION, {Attr.XOR_PEER_ADDRESS: relay_a})
     alloc_b = core.allocations.get(b.ft)
     assert alloc_b is not None
-    (effect,) = a.raw(send_indication(relay_b, b"ping"))
+    (effect,) = a.raw(TurnClient.send_indication(relay_b, b"ping"))
     assert isinstance(effect, ToPeer)
     # The datagram arrives at B's relay from A's relay address: B gets it.
     data = core.from_peer(alloc_b, relay_a, effect.data, False)
@@ -605,7 +601,9 @@ def test_open_permission_keeps_every_port() -> None:
     allocation = core.allocations.get(CLIENT)
     assert allocation is not None and PEER[0] in allocation.permissions
     assert core.from_peer(allocation, (PEER[0], 1), b"x", False) is not None
-    assert sent(client.raw(send_indication((PEER[0], 1), b"x"))) == [((PEER[0], 1), b"x")]
+    assert sent(client.raw(TurnClient.send_indication((PEER[0], 1), b"x"))) == [
+        ((PEER[0], 1), b"x")
+    ]
 
 
 def test_hosts_own_addresses_are_denied_except_its_live_relays() -> None:
@@ -621,8 +619,8 @@ def test_hosts_own_addresses_are_denied_except_its_live_relays() -> None:
     assert (
         a.request(Method.CREATE_PERMISSION, {Attr.XOR_PEER_ADDRESS: relay_b}).cls == Class.SUCCESS
     )
-    assert a.raw(send_indication(("192.0.2.1", 22), b"x")) == []
-    assert sent(a.raw(send_indication(relay_b, b"x"))) == [(relay_b, b"x")]
+    assert a.raw(TurnClient.send_indication(("192.0.2.1", 22), b"x")) == []
+    assert sent(a.raw(TurnClient.send_indication(relay_b, b"x"))) == [(relay_b, b"x")]
 
 
 def test_allowed_peer_ip_exempts_the_hosts_own_address_too() -> None:
@@ -631,7 +629,9 @@ def test_allowed_peer_ip_exempts_the_hosts_own_address_too() -> None:
     client.allocate()
     reply = client.request(Method.CREATE_PERMISSION, {Attr.XOR_PEER_ADDRESS: ("192.0.2.1", 22)})
     assert reply.cls == Class.SUCCESS
-    assert sent(client.raw(send_indication(("192.0.2.1", 22), b"x"))) == [(("192.0.2.1", 22), b"x")]
+    assert sent(client.raw(TurnClient.send_indication(("192.0.2.1", 22), b"x"))) == [
+        (("192.0.2.1", 22), b"x")
+    ]
 
 
 def test_permission_given_before_the_address_was_the_hosts_is_narrowed() -> None:
@@ -640,13 +640,13 @@ def test_permission_given_before_the_address_was_the_hosts_is_narrowed() -> None
     a.allocate()
     target = ("203.0.113.50", 22)
     a.request(Method.CREATE_PERMISSION, {Attr.XOR_PEER_ADDRESS: target})
-    assert sent(a.raw(send_indication(target, b"x"))) == [(target, b"x")]
+    assert sent(a.raw(TurnClient.send_indication(target, b"x"))) == [(target, b"x")]
     # A client reaches the server at 203.0.113.50: a relay is bound there, so it is ours.
     b = Client(core, FiveTuple("udp", ("198.51.100.8", 1), ("203.0.113.50", 3478)))
     relay_b = b.allocate().attributes[Attr.XOR_RELAYED_ADDRESS]
     assert relay_b[0] == "203.0.113.50" and "203.0.113.50" in core.host_addresses
-    assert a.raw(send_indication(target, b"x")) == []
-    assert sent(a.raw(send_indication(relay_b, b"x"))) == [(relay_b, b"x")]
+    assert a.raw(TurnClient.send_indication(target, b"x")) == []
+    assert sent(a.raw(TurnClient.send_indication(relay_b, b"x"))) == [(relay_b, b"x")]
     allocation = core.allocations.get(a.ft)
     assert allocation is not None and "203.0.113.50" in allocation.relay_permissions
 
@@ -1090,7 +1090,7 @@ def test_indications_and_responses_other_than_send_are_ignored() -> None:
     assert client.raw(serialize(no_peer)) == []
     # And from a five-tuple without allocation.
     stranger = FiveTuple("udp", ("198.51.100.50", 1), CLIENT.server)
-    assert core.handle(send_indication(PEER, b"x"), stranger, NOW) == []
+    assert core.handle(TurnClient.send_indication(PEER, b"x"), stranger, NOW) == []
     assert core.handle(encode_channel_data(0x4000, b"x"), stranger, NOW) == []
 
 

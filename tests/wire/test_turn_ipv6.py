@@ -8,14 +8,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from flaskrtc.turn.client import TurnClient
 from flaskrtc.turn.stun import Attr, Class, Message, Method, serialize
-from tests.conftest import free_port, require_module, require_tool
+from tests.conftest import require_module
 from tests.wire.test_turn_wire import RawTurn, TurnProcess, assert_no_loss, uclient
 
 V4, V6 = "127.0.0.1", "::1"
@@ -92,16 +92,11 @@ def client_over(proc: TurnProcess, host: str, transport: str = "udp", user: str 
     )
 
 
-def send_indication(peer: tuple[str, int], data: bytes) -> bytes:
-    attrs: dict[int, Any] = {Attr.XOR_PEER_ADDRESS: peer, Attr.DATA: data}
-    return serialize(Message(Method.SEND, Class.INDICATION, attributes=attrs))
-
-
 def relay_both_ways(client: RawTurn, relay: tuple[str, int], peer: Peer, tag: bytes) -> None:
     """Permission for ``peer``, a Send indication out, a datagram back as a Data indication."""
     reply = client.request(Method.CREATE_PERMISSION, {Attr.XOR_PEER_ADDRESS: peer.address})
     assert reply.cls == Class.SUCCESS, reply
-    client._send(send_indication(peer.address, b"out " + tag))
+    client._send(TurnClient.send_indication(peer.address, b"out " + tag))
     data, source = peer.sock.recvfrom(2048)
     assert data == b"out " + tag
     assert source[:2] == relay, (source, relay)  # it left from the relay of peer's family
@@ -236,19 +231,6 @@ def test_default_config_listens_on_both_families(dual: TurnProcess) -> None:
             pass
         with socket.create_connection((host, dual.port), timeout=5):
             pass
-
-
-@pytest.fixture
-def udp_peer6() -> Iterator[int]:
-    """turnutils_peer: a UDP echo peer on ::1."""
-    peer = require_tool("turnutils_peer", package="coturn")
-    port = free_port(socket.SOCK_DGRAM)
-    proc = subprocess.Popen(
-        [peer, "-L", V6, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    yield port
-    proc.terminate()
-    proc.wait(10)
 
 
 @pytest.mark.parametrize(

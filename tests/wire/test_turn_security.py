@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from flaskrtc.turn.client import TurnClient
 from flaskrtc.turn.stun import Attr, Class, Message, Method, encode_channel_data, parse, serialize
 from tests.conftest import require_tool
 from tests.wire.test_turn_wire import RawTurn, TurnProcess
@@ -51,11 +52,6 @@ def fail2ban_match(line: str) -> re.Match[str] | None:
     return FAILURE.search(line[found.end() :])
 
 
-def send_indication(peer: tuple[str, int], data: bytes) -> bytes:
-    attrs: dict[int, Any] = {Attr.XOR_PEER_ADDRESS: peer, Attr.DATA: data}
-    return serialize(Message(Method.SEND, Class.INDICATION, attributes=attrs))
-
-
 def allocate(client: RawTurn, **attrs: Any) -> Message:
     request: dict[int, Any] = {Attr.REQUESTED_TRANSPORT: 17}
     request.update((int(Attr[name]), value) for name, value in attrs.items())
@@ -89,16 +85,16 @@ def test_permission_to_another_relay_reaches_nothing_else_on_loopback(
         assert reply.cls == Class.SUCCESS
         bind: dict[int, Any] = {Attr.CHANNEL_NUMBER: 0x4000, Attr.XOR_PEER_ADDRESS: victim_address}
         assert a.request(Method.CHANNEL_BIND, bind).attributes[Attr.ERROR_CODE][0] == 403
-        a._send(send_indication(victim_address, b"to the local service"))
+        a._send(TurnClient.send_indication(victim_address, b"to the local service"))
         # Sent after it, from the same relay: once B has this, the other was handled too.
-        a._send(send_indication(relay_b, b"to b"))
+        a._send(TurnClient.send_indication(relay_b, b"to b"))
         assert b.recv_message().attributes[Attr.DATA] == b"to b"
         victim.setblocking(False)
         with pytest.raises(BlockingIOError):
             victim.recvfrom(65535)
         # Peer to client: the service's datagrams do not reach A either, B's do.
         victim.sendto(b"from the local service", relay_a)
-        b._send(send_indication(relay_a, b"to a"))
+        b._send(TurnClient.send_indication(relay_a, b"to a"))
         got = a.recv_message()
         assert got.attributes[Attr.DATA] == b"to a"
         assert got.attributes[Attr.XOR_PEER_ADDRESS] == relay_b
@@ -141,7 +137,7 @@ def test_relay_to_relay_after_the_other_relay_left_goes_nowhere(
 
     try:
         assert poll(bound), f"B's old relay port {relay_b} never became free"
-        a._send(send_indication(tuple(relay_b), b"to the squatter"))
+        a._send(TurnClient.send_indication(tuple(relay_b), b"to the squatter"))
         # A Refresh answered after it: the Send indication was handled by then.
         assert a.request(Method.REFRESH, {}).cls == Class.SUCCESS
         squatter.setblocking(False)

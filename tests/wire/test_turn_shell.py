@@ -20,6 +20,7 @@ import flaskrtc.turn.server as turn_server
 from flaskrtc.turn.addressing import RelayAddressing
 from flaskrtc.turn.allocation import Allocation
 from flaskrtc.turn.auth import Credentials, Nonces
+from flaskrtc.turn.client import TurnClient
 from flaskrtc.turn.core import Limits, TurnCore
 from flaskrtc.turn.credentials import make_credential
 from flaskrtc.turn.policy import PeerPolicy
@@ -94,11 +95,6 @@ def shell() -> Iterator[Shell]:
         yield Shell(server, core, offset)
     finally:
         server.stop()
-
-
-def send_indication(peer: tuple[str, int], data: bytes) -> bytes:
-    attrs: dict[int, Any] = {Attr.XOR_PEER_ADDRESS: peer, Attr.DATA: data}
-    return serialize(Message(Method.SEND, Class.INDICATION, attributes=attrs))
 
 
 def poll(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
@@ -178,7 +174,7 @@ def test_relay_keeps_relaying_after_an_icmp_port_unreachable(shell: Shell) -> No
         ).cls
         == Class.SUCCESS
     )
-    send = send_indication(("127.0.0.1", closed_port), b"to nobody")
+    send = TurnClient.send_indication(("127.0.0.1", closed_port), b"to nobody")
     for _ in range(3):
         client._send(send)  # each comes back as an ICMP port unreachable
     # The server handled the sends before this answer: the errors are queued by now.
