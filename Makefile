@@ -93,6 +93,7 @@ soak: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/signal_bench.py
 	$(PY) benchmarks/turn_bench.py
+	$(PY) benchmarks/workers_bench.py
 	@test -f $(call BINARY,$(HOST_OS)) || $(MAKE) --no-print-directory $(HOST_OS)
 	$(PY) benchmarks/release_bench.py --binary $(call BINARY,$(HOST_OS))
 

@@ -45,6 +45,8 @@ setup(
         "Flask>=3.0,<4",
         "Werkzeug>=3.0,<4",
         "cryptography>=41,<51",
+        # [cluster] redis_url: imported only when it is set.
+        "redis>=5,<9",
     ],
     extras_require={
         "test": [
@@ -64,8 +66,12 @@ setup(
             # The wheel and sdist test (tests/release/test_wheel.py) and the release workflow.
             "build>=1.2,<2",
             "twine>=6.1,<7",
+            # The cluster tests run with the parser a deployment would use.
+            "hiredis>=3,<4",
         ],
         "build": ["pyinstaller>=6.3,<7"],
+        # redis-py's C parser, for a cluster's Redis connections (pure Python without it).
+        "hiredis": ["hiredis>=3,<4"],
     },
     entry_points={"console_scripts": ["flaskrtc = flaskrtc.cli:main"]},
     classifiers=[

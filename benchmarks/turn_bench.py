@@ -176,8 +176,9 @@ def start_flaskrtc(workdir: Path, *, wildcard: bool = False) -> tuple[Server, st
     return server, http
 
 
-def start_coturn(turnserver: str, workdir: Path) -> Server:
-    """coturn on loopback: same secret and realm, one relay thread, logging to a file."""
+def start_coturn(turnserver: str, workdir: Path, relay_threads: int | None = 1) -> Server:
+    """coturn on loopback: same secret and realm, ``relay_threads`` relay threads (None:
+    coturn's default, one per CPU), logging to a file."""
     port = free_port()
     cmd = [
         turnserver,
@@ -194,7 +195,7 @@ def start_coturn(turnserver: str, workdir: Path) -> Server:
         "--no-tls",
         "--no-dtls",
         "--no-cli",
-        "--relay-threads=1",
+        *([f"--relay-threads={relay_threads}"] if relay_threads is not None else []),
         f"--pidfile={workdir / 'turn.pid'}",
         f"--log-file={workdir / 'turn.log'}",
         "--no-stdout-log",
@@ -286,10 +287,12 @@ def start_forwarder(upstream_port: int, workdir: Path) -> tuple[subprocess.Popen
 
 
 def run_uclient(uclient: str, port: int, length: int, args: argparse.Namespace) -> dict[str, float]:
-    """turnutils_uclient -y against ``port``; its totals (NaN when it failed)."""
+    """turnutils_uclient -y against ``port``; its totals (NaN when it failed).
+    ``args.extra``: more uclient flags (workers_bench passes -c: no RTCP allocations)."""
     cmd = [
         uclient,
         "-y",
+        *getattr(args, "extra", []),
         "-W",
         SECRET,
         "-p",

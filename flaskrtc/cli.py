@@ -92,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_flags(parser)
     parser.add_argument("--version", action="version", version=f"flaskrtc {__version__}")
+    # Given by the parent of [general] workers to each worker; not for people.
+    parser.add_argument("--worker", metavar="I/N", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-table", metavar="PATH", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-fds", metavar="JSON", default="{}", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--set", metavar="KEY=VALUE", action="append", default=[], help=argparse.SUPPRESS
+    )
     return parser
 
 
@@ -320,9 +327,22 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(args, int):
         return args
     overrides = _overrides(args)
+    role = None
     try:
+        for item in args.set:
+            key, equals, value = item.partition("=")
+            if not equals:
+                raise ConfigError("--set", item, "KEY=VALUE")
+            overrides[key] = value
+        if args.worker is not None:
+            from flaskrtc.workers import parse_role
+
+            try:
+                role = parse_role(args.worker, args.worker_table, args.worker_fds)
+            except ValueError as err:
+                raise ConfigError("--worker", args.worker, str(err)) from None
         config = load_config(args.config, os.environ, overrides)
-        setup_logging(config.log_level)
+        setup_logging(config.log_level, tag=f"w{role.index}" if role else "")
         config, generated = ensure_turn_secret(config)
     except ConfigError as err:
         print(err, file=sys.stderr)
@@ -334,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     if generated:
         log.info("generated a TURN secret and saved it in %s", config.config_dir / SECRET_FILE_NAME)
 
+    if role is None and config.general.workers > 1:
+        from flaskrtc.workers import supervise
+
+        return supervise(config, argv)
     from flaskrtc.server import run  # imported late: it pulls in gevent, Flask and the app
 
-    return run(config)
+    return run(config, role)

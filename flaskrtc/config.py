@@ -10,12 +10,15 @@ import configparser
 import dataclasses
 import ipaddress
 import math
+import os
 import re
 import secrets
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from flaskrtc.files import write_atomic
 
@@ -43,6 +46,7 @@ class GeneralConfig:
     max_connections: int = 10000  # open HTTP(S)/WebSocket connections in all, 0 = unlimited
     max_connections_per_ip: int = 100  # per client IP, 0 = unlimited
     rate_limit: float = 20.0  # /api/turn and /ws requests per second per IP (burst 2x), 0 = off
+    workers: int = 1  # processes sharing the ports (SO_REUSEPORT, Linux); "auto" = CPU count
 
     @property
     def effective_idle_timeout(self) -> float:
@@ -88,6 +92,19 @@ class TurnConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """``[cluster]``: several flaskrtc processes sharing their peers through Redis."""
+
+    redis_url: str = ""  # redis://host:port/db or unix:///path; empty = one process, no Redis
+    heartbeat: float = 1.0  # seconds between refreshes of this instance's key (TTL: 3 beats)
+
+    @property
+    def instance_ttl(self) -> float:
+        """Seconds an instance stays alive in Redis without a heartbeat."""
+        return 3 * self.heartbeat
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole, validated configuration."""
 
@@ -97,6 +114,7 @@ class Config:
     config_path: Path | None = None  # the file read, None if none existed
     config_dir: Path = Path("configs")  # where generated files (secret) go
     auth: AuthConfig = AuthConfig()  # optional tokens; off by default
+    cluster: ClusterConfig = ClusterConfig()  # off (no Redis) by default
 
 
 class ConfigError(Exception):
@@ -192,6 +210,19 @@ def _rate(text: str) -> float:
     if not math.isfinite(value) or not 0 <= value <= 100000:
         raise ValueError(expected)
     return value
+
+
+MAX_WORKERS = 256
+
+
+def _workers(text: str) -> int:
+    """``[general] workers``: a number of processes, or ``auto`` (one per CPU)."""
+    text = text.strip().lower()
+    if text == "auto":
+        return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        raise ValueError(f"a number of processes from 1 to {MAX_WORKERS}, or auto")
+    return int(text)
 
 
 def _auth_secret(text: str) -> str:
@@ -353,6 +384,52 @@ def _turn_servers(text: str) -> tuple[str, ...]:
     return tuple(uris)
 
 
+_REDIS_URL_EXPECTED = (
+    "empty (no cluster), redis://[:password@]host[:port][/db] or unix:///path/to/redis.sock"
+)
+
+
+def _redis_url(text: str) -> str:
+    """``[cluster] redis_url``: checked here, so a typo stops the start instead of being retried
+    for ever; TLS (rediss://) is not offered (the connection would not be cooperative)."""
+    text = text.strip()
+    if not text:
+        return ""
+    try:
+        url = urlsplit(text)
+        port = url.port  # ValueError when out of range or not a number
+    except ValueError:
+        raise ValueError(_REDIS_URL_EXPECTED) from None
+    if url.scheme == "rediss":
+        raise ValueError(_REDIS_URL_EXPECTED + " (rediss://, Redis over TLS, is not supported)")
+    if url.scheme == "redis":
+        db = url.path.strip("/")
+        if not url.hostname or (db and not db.isdigit()) or port == 0:
+            raise ValueError(_REDIS_URL_EXPECTED)
+    elif url.scheme == "unix":
+        if not url.path:
+            raise ValueError(_REDIS_URL_EXPECTED)
+    else:
+        raise ValueError(_REDIS_URL_EXPECTED)
+    return text
+
+
+def _mask_url(text: str) -> str:
+    """``text`` with a password in it hidden: a config error must not print it."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", text)
+
+
+def _heartbeat(text: str) -> float:
+    expected = "seconds from 0.1 to 60"
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(expected) from None
+    if not math.isfinite(value) or not 0.1 <= value <= 60:
+        raise ValueError(expected)
+    return value
+
+
 def _log_level(text: str) -> str:
     level = text.strip().upper()
     if level not in LOG_LEVELS:
@@ -376,6 +453,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "general.max_connections_per_ip": _int_range(0, None),
     "general.rate_limit": _rate,
     "general.log_level": _log_level,
+    "general.workers": _workers,
     "turn.public_ip": _public_ip,
     "turn.port": _port,
     "turn.tls_port": _port,
@@ -401,12 +479,15 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "turn.default_lifetime": _int_range(60, 86400),
     "turn.servers": _turn_servers,
     "auth.secret": _auth_secret,
+    "cluster.redis_url": _redis_url,
+    "cluster.heartbeat": _heartbeat,
 }
-_SECTIONS = ("general", "turn", "auth")
+_SECTIONS = ("general", "turn", "auth", "cluster")
 # How a value is shown in an error, for keys that hold secrets.
 _MASKS: dict[str, Callable[[str], str]] = {
     "turn.users": _mask_users,
     "auth.secret": lambda text: "***",
+    "cluster.redis_url": _mask_url,
 }
 # (lower key, upper key): the lower value must not exceed the upper one.
 _ORDERED = (
@@ -447,15 +528,17 @@ def _read_file(path: Path) -> _Raw:
         raise ConfigError("config", source, f"a readable UTF-8 file ({reason})") from None
     except configparser.Error as err:
         raise ConfigError(
-            "config", source, f"an INI file with [general], [turn], [auth] ({_ini_problem(err)})"
+            "config",
+            source,
+            f"an INI file with [general], [turn], [auth], [cluster] ({_ini_problem(err)})",
         ) from None
     if parser.defaults():
         # [DEFAULT] keys leak into every section; nothing here wants that.
-        raise ConfigError("section", "DEFAULT", "[general], [turn] or [auth]", source)
+        raise ConfigError("section", "DEFAULT", "[general], [turn], [auth] or [cluster]", source)
     values: _Raw = {}
     for section in parser.sections():
         if section not in _SECTIONS:
-            raise ConfigError("section", section, "[general], [turn] or [auth]", source)
+            raise ConfigError("section", section, "[general], [turn], [auth] or [cluster]", source)
         for name, value in parser.items(section):
             key = f"{section}.{name}"
             if key not in _PARSERS:
@@ -478,7 +561,9 @@ def _read_environ(environ: Mapping[str, str]) -> _Raw:
         elif any(name.startswith(f"{ENV_PREFIX}{section.upper()}_") for section in _SECTIONS):
             # A typo such as FLASKRTC_GENERAL_PROT would otherwise be silently ignored.
             raise ConfigError(
-                name, environ[name], "a known FLASKRTC_GENERAL_*, _TURN_* or _AUTH_* name"
+                name,
+                environ[name],
+                "a known FLASKRTC_GENERAL_*, _TURN_*, _AUTH_* or _CLUSTER_* name",
             )
     return values
 
@@ -509,6 +594,42 @@ def _check_idle(parsed: Mapping[str, Any], raw: _Raw) -> None:
         text, named, source = raw["general.idle_timeout"]
         raise ConfigError(
             named, text, f"more than general.keepalive ({keepalive:g}), or empty", source or None
+        )
+
+
+def _check_workers(parsed: Mapping[str, Any], raw: _Raw, platform: str) -> None:
+    """More than one worker: only where the kernel balances SO_REUSEPORT sockets (Linux),
+    and with room in the relay port range for each worker's share."""
+    workers = parsed.get("general.workers", 1)
+    if workers <= 1:
+        return
+    text, named, source = raw["general.workers"]
+    if not platform.startswith("linux"):
+        raise ConfigError(
+            named,
+            text,
+            "1 on this OS: only Linux spreads connections and datagrams across the workers' "
+            "SO_REUSEPORT sockets (macOS and Windows give them all to one)",
+            source or None,
+        )
+    if not parsed.get("cluster.redis_url"):
+        raise ConfigError(
+            named,
+            text,
+            "1 without [cluster] redis_url: each worker is a server of its own, and only "
+            "the cluster (Redis) lets peers on different workers see and call each other; "
+            "set [cluster] redis_url = redis://HOST:6379/0",
+            source or None,
+        )
+    low = parsed.get("turn.min_port", TurnConfig.min_port)
+    high = parsed.get("turn.max_port", TurnConfig.max_port)
+    if (high - low + 1) // workers < 2:
+        raise ConfigError(
+            named,
+            text,
+            f"at most {(high - low + 1) // 2}: each worker relays on its own share of "
+            f"turn.min_port..turn.max_port ({low}-{high}), two ports at least",
+            source or None,
         )
 
 
@@ -549,6 +670,7 @@ def load_config(
             raise ConfigError(named, shown, str(err), source or None) from None
     _check_order(parsed, raw)
     _check_idle(parsed, raw)
+    _check_workers(parsed, raw, sys.platform)
 
     def section(name: str) -> dict[str, Any]:
         prefix = name + "."
@@ -562,6 +684,7 @@ def load_config(
         general=GeneralConfig(**section("general")),
         turn=TurnConfig(**section("turn")),
         auth=AuthConfig(**section("auth")),
+        cluster=ClusterConfig(**section("cluster")),
         log_level=parsed.get("general.log_level", "INFO"),
         config_path=config_path,
         config_dir=config_path.parent if config_path is not None else DEFAULT_CONFIG_DIR,

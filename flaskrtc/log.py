@@ -13,11 +13,15 @@ _PREFIX = "flaskrtc."
 
 
 class ComponentFormatter(logging.Formatter):
-    """Adds ``component``: the logger name without ``flaskrtc.`` (``flaskrtc.turn`` -> turn)."""
+    """Adds ``component``: the logger name without ``flaskrtc.`` (``flaskrtc.turn`` -> turn),
+    after ``tag/`` when one is set (a worker's: ``w2/turn``)."""
+
+    tag = ""
 
     def format(self, record: logging.LogRecord) -> str:
         name = record.name
-        record.component = name[len(_PREFIX) :] if name.startswith(_PREFIX) else name
+        component = name[len(_PREFIX) :] if name.startswith(_PREFIX) else name
+        record.component = f"{self.tag}/{component}" if self.tag else component
         return super().format(record)
 
 
@@ -25,8 +29,9 @@ class _ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Marks the handler flaskrtc installed, so a second setup replaces nothing twice."""
 
 
-def setup_logging(level: str) -> None:
-    """Log to stderr at ``level`` (DEBUG, INFO, WARNING or ERROR); safe to call again."""
+def setup_logging(level: str, tag: str = "") -> None:
+    """Log to stderr at ``level`` (DEBUG, INFO, WARNING or ERROR); safe to call again.
+    ``tag`` goes before each line's component (a worker's number)."""
     numeric = logging.getLevelName(level.strip().upper())
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}")
@@ -35,7 +40,9 @@ def setup_logging(level: str) -> None:
     if handler is None:
         handler = _ConsoleHandler(sys.stderr)
         root.addHandler(handler)
-    handler.setFormatter(ComponentFormatter(FORMAT, DATE_FORMAT))
+    formatter = ComponentFormatter(FORMAT, DATE_FORMAT)
+    formatter.tag = tag
+    handler.setFormatter(formatter)
     # The root logger, not just "flaskrtc", so library warnings share the format.
     root.setLevel(numeric)
     for name in NOISY_LOGGERS:

@@ -36,6 +36,8 @@ from flaskrtc.turn.server import (
     listen_hosts,
     relay_addressing,
 )
+from flaskrtc.turn.siblings import RelayTable, SiblingRelays
+from flaskrtc.workers import WorkerRole
 
 log = logging.getLogger("flaskrtc.server")
 http_log = logging.getLogger("flaskrtc.http")
@@ -104,11 +106,26 @@ def _ssl_context(config: Config) -> ssl.SSLContext | None:
         raise StartupError(f"TLS certificate {cert} / key {key}: {err}") from err
 
 
-def build_turn(config: Config, ssl_context: ssl.SSLContext | None) -> TurnServer:
-    """Create and start the TURN server; its real ports are in its *_address attributes."""
+def prepare_files(config: Config) -> None:
+    """Make what the server writes on start (the self-signed certificate) now: the parent
+    of several workers does, before any of them reads it."""
+    _ssl_context(config)
+
+
+def build_turn(
+    config: Config, ssl_context: ssl.SSLContext | None, role: WorkerRole | None = None
+) -> TurnServer:
+    """Create and start the TURN server; its real ports are in its *_address attributes.
+    ``role``: a worker among several (SO_REUSEPORT, the relay table it shares)."""
     turn = config.turn
     addressing = relay_addressing(turn.public_ip, turn.bind)
-    ports = UdpRelayPorts(addressing=addressing, min_port=turn.min_port, max_port=turn.max_port)
+    table = RelayTable(role.table) if role is not None else None
+    if table is not None:
+        table.clear(turn.min_port, turn.max_port)  # this worker's share: a new start
+    siblings = SiblingRelays(table) if table is not None else None
+    ports = UdpRelayPorts(
+        addressing=addressing, min_port=turn.min_port, max_port=turn.max_port, table=table
+    )
     core = TurnCore(
         ports=ports,
         credentials=Credentials(turn.realm, turn.secret, dict(turn.users)),
@@ -128,16 +145,23 @@ def build_turn(config: Config, ssl_context: ssl.SSLContext | None) -> TurnServer
         ),
         # Peers at the host's own addresses are the host itself: denied, except its relays.
         host_addresses=addressing.host_addresses(),
+        sibling_relays=siblings,
     )
+    if siblings is not None:
+        siblings.hosts = core.host_addresses  # the same set: it grows as relays open
     server = TurnServer(core)
     ports.on_open = server.start_relay
     try:
-        server.start(
-            bind=turn.bind,
-            port=turn.port,
-            tls_port=turn.tls_port,
-            ssl_context=ssl_context if turn.tls_port else None,
-        )
+        if role is not None:
+            # A worker: the parent bound the sockets (and holds them while it restarts us).
+            server.serve(role.turn_sockets(), ssl_context if turn.tls_port else None)
+        else:
+            server.start(
+                bind=turn.bind,
+                port=turn.port,
+                tls_port=turn.tls_port,
+                ssl_context=ssl_context if turn.tls_port else None,
+            )
     except OSError as err:
         server.stop()
         raise StartupError(f"turn: cannot listen on {turn.bind}:{turn.port}: {err}") from err
@@ -192,6 +216,17 @@ class _WSGIServer(ConnectionCap, HandshakeGuard, WSGIServer):  # type: ignore[mi
     """gevent's WSGI server with connection caps and guarded TLS handshakes."""
 
 
+def bind_http_socket(bind: str, port: int, reuse_port: bool = False) -> Any:
+    """The HTTP(S) listener for ``[general] bind``: ``::`` is one dual-stack socket (IPv6
+    and IPv4); where the OS cannot make one, or has no IPv6, IPv4 alone, said in a warning
+    (a WSGI server takes one socket). ``reuse_port``: for the parent of several workers."""
+    hosts = listen_hosts(bind)
+    host, v6only = hosts[0] if len(hosts) == 1 else hosts[-1]
+    if len(hosts) > 1:
+        log.warning("this OS has no dual-stack sockets: HTTP(S) listens on IPv4 (0.0.0.0) only")
+    return bound_socket(socket.SOCK_STREAM, host, port, v6only, reuse_port)
+
+
 def request_gate(limiter: RateLimiter, endpoint: str) -> Any:
     """``gate(ip)``: 0 if a request from ``ip`` to ``endpoint`` may go on, else the seconds
     it must wait (then also logged: one WARNING line per endpoint and 10 s at most)."""
@@ -220,9 +255,11 @@ def build_server(
     config: Config,
     ssl_context: ssl.SSLContext | None,
     turn_families: Collection[int] = (4, 6),
+    role: WorkerRole | None = None,
 ) -> tuple[WSGIServer, SignalServer]:
     """Create (not start) the HTTP(S) server and the signaling server for ``config``;
-    ``turn_families``: the address families the TURN server listens on."""
+    ``turn_families``: the address families the TURN server listens on; ``role``: a worker
+    among several, whose listener the parent bound."""
     general = config.general
     signal = SignalServer(
         keepalive=general.keepalive,
@@ -241,16 +278,13 @@ def build_server(
     kwargs: dict[str, Any] = {}
     if general.tls:
         kwargs["ssl_context"] = ssl_context
-    # bind "::": one dual-stack socket (IPv6 and IPv4). Where the OS cannot make one, or
-    # has no IPv6, IPv4 alone, said in a warning: a WSGI server takes one socket.
-    hosts = listen_hosts(general.bind)
-    host, v6only = hosts[0] if len(hosts) == 1 else hosts[-1]
-    if len(hosts) > 1:
-        log.warning("this OS has no dual-stack sockets: HTTP(S) listens on IPv4 (0.0.0.0) only")
-    try:
-        listener = bound_socket(socket.SOCK_STREAM, host, general.port, v6only)
-    except OSError as err:
-        raise StartupError(f"cannot listen on {general.bind}:{general.port}: {err}") from err
+    if role is not None:
+        listener = role.http_socket()
+    else:
+        try:
+            listener = bind_http_socket(general.bind, general.port)
+        except OSError as err:
+            raise StartupError(f"cannot listen on {general.bind}:{general.port}: {err}") from err
     server = _WSGIServer(
         listener,
         app,
@@ -265,13 +299,26 @@ def build_server(
     return server, signal
 
 
-def run(config: Config) -> int:
-    """Serve until SIGINT/SIGTERM; then close every peer with 1001 and release sockets."""
+def start_cluster(config: Config, signal: SignalServer) -> Any:
+    """With ``[cluster] redis_url``, join the cluster (waiting a few seconds for Redis) and
+    return it; None without (redis-py is then not even imported)."""
+    if not config.cluster.redis_url:
+        return None
+    from flaskrtc.signal.cluster_redis import RedisCluster
+
+    cluster = RedisCluster(config.cluster.redis_url, config.cluster.heartbeat, signal)
+    cluster.start()
+    return cluster
+
+
+def run(config: Config, role: WorkerRole | None = None) -> int:
+    """Serve until SIGINT/SIGTERM; then close every peer with 1001 and release sockets.
+    ``role``: this process is one worker of several (flaskrtc.workers)."""
     _raise_fd_limit()
     turn: TurnServer | None = None
     try:
         ssl_context = _ssl_context(config)
-        turn = build_turn(config, ssl_context)
+        turn = build_turn(config, ssl_context, role)
         # /api/turn must name the ports really bound (port 0 picks free ones).
         assert turn.udp_address is not None
         tls_port = turn.tls_address[1] if turn.tls_address else 0
@@ -279,12 +326,13 @@ def run(config: Config) -> int:
             config,
             turn=dataclasses.replace(config.turn, port=turn.udp_address[1], tls_port=tls_port),
         )
-        server, signal = build_server(config, ssl_context, sorted(turn.families))
+        server, signal = build_server(config, ssl_context, sorted(turn.families), role=role)
     except StartupError as err:
         if turn is not None:
             turn.stop()
         log.error("%s", err)
         return 1
+    cluster = start_cluster(config, signal)
     server.start()
     host, port = server.socket.getsockname()[:2]
     scheme = "https" if config.general.tls else "http"
@@ -307,6 +355,8 @@ def run(config: Config) -> int:
     stop.wait()
     log.info("shutting down: closing %d connection(s)", len(signal.conns))
     signal.shutdown()
+    if cluster is not None:
+        cluster.stop()  # this instance's peers leave the other instances now
     server.stop(timeout=1)
     turn.stop()
     log.info("stopped")

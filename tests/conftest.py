@@ -93,7 +93,7 @@ class ServerProcess:
         }
         for key, value in (extra or {}).items():
             section, name = key.split(".")
-            settings[section][name] = value
+            settings.setdefault(section, {})[name] = value
         self.config = workdir / "config.ini"
         self.config.write_text(
             "".join(
@@ -307,3 +307,68 @@ def _echo_peer(host: str) -> Iterator[int]:
     yield port
     proc.terminate()
     proc.wait(10)
+
+
+class RedisProcess:
+    """A throw-away ``redis-server`` on a free loopback port, without persistence."""
+
+    def __init__(self, workdir: Path, binary: str) -> None:
+        self.workdir = workdir
+        self.binary = binary
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self, timeout: float = 10) -> None:
+        """Start it (again, on the same port) and wait until it answers PING."""
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            cwd=self.workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"redis-server on port {self.port} did not start")
+            time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
+        self.proc = None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A redis-server of the test's own (the Debian package; CI installs it)."""
+    binary = require_tool("redis-server", package="redis-server")
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    proc = RedisProcess(workdir, binary)
+    try:
+        yield proc
+    finally:
+        proc.stop()

@@ -8,15 +8,25 @@ methods never block or yield, so under gevent each call is atomic and the hub ne
 The ``peers`` list is the one costly message: sent naively to everyone on every join, a
 storm of N joins costs O(N²) messages of O(N) bytes. Changes to the list are therefore
 coalesced: the list goes out at once when the last broadcast is older than
-``interval(N)`` (a millisecond per registered peer, at most one second), otherwise once at
-the end of that interval, carrying every change made meanwhile. A newcomer always gets the
-current list at once. Every peer still ends up holding the complete, current list.
+``interval(N)`` (a millisecond per registered peer, at most one second); otherwise one
+broadcast carries every change made meanwhile, once the list has stayed unchanged for that
+interval, or, while it keeps changing, once the previous broadcast is ``max_wait`` old (the
+time its bytes take at 20 MB/s, at most 5 s; with fewer than several hundred peers this is
+the interval itself). A newcomer always gets the current list at once. Every peer still ends
+up holding the complete, current list, at most one interval after the last change.
+
+With a cluster (:mod:`flaskrtc.signal.cluster`) the hub is given a :class:`Remote`: it is
+told of every local registration and departure, it is asked about an id that is not
+registered here (and relays to it), and it makes the peers list; the cluster tells the hub of
+remote changes through :meth:`Hub.remote_changed` and :meth:`Hub.deliver`. Without one
+(the default) none of this costs anything: the local paths are unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from flaskrtc.signal.protocol import (
     Bye,
@@ -38,7 +48,7 @@ ConnId = Hashable
 CLOSE_TAKEN_OVER = 4409
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Send:
     """Send ``text`` to one connection."""
 
@@ -46,7 +56,7 @@ class Send:
     text: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Broadcast:
     """Send the same ``text`` to each of ``conns``.
 
@@ -58,7 +68,7 @@ class Broadcast:
     peers: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Close:
     """Close one connection with a WebSocket close code."""
 
@@ -70,9 +80,49 @@ class Close:
 Action = Send | Broadcast | Close
 
 
+class Remote(Protocol):
+    """The peers of the other instances of a cluster, as the hub sees them."""
+
+    def refusal(self) -> str | None:
+        """Why a ``new`` cannot be served now (the cluster is unreachable), or None."""
+
+    def joined(self, peer_id: str, entry: str, *, update: bool) -> None:
+        """``peer_id`` registered here (``update``: the same connection again, in place)."""
+
+    def left(self, peer_id: str) -> None:
+        """``peer_id``, registered here, is gone (not for an id taken over from here)."""
+
+    def relay(self, to: str, text: str, sender: str, request: str) -> bool:
+        """Send ``text`` to ``to`` if another instance holds it (True), else False; raises
+        ProtocolError if it does but cannot be reached now."""
+
+    def entries(self) -> list[str]:
+        """Every peer's list entry, local and remote, in list order."""
+
+    def count(self) -> int:
+        """How many peers the list holds."""
+
+
 def default_interval(peer_count: int) -> float:
     """Minimum seconds between two peers broadcasts with ``peer_count`` peers registered."""
     return min(1.0, 0.001 * peer_count)
+
+
+# While the list keeps changing (a join storm), a peers broadcast may be put off until the
+# previous one is as old as its own size to every peer takes at BROADCAST_RATE bytes a
+# second, MAX_WAIT seconds at most. Below ~600 peers of ~55-byte entries this is shorter than
+# the interval and changes nothing; at 1000 peers it is 2.75 s. The storm's bytes are then
+# about halved (a 1000-peer storm over 5 s: 126 MB instead of 236 MB; with 120-character
+# user agents, 269 MB instead of 731 MB), and its last list still goes out one interval
+# after its last change.
+BROADCAST_RATE = 20_000_000
+MAX_WAIT = 5.0
+
+
+def default_max_wait(peer_count: int, list_size: int) -> float:
+    """Seconds a broadcast may be put off after the previous one while the list keeps
+    changing: its size to every peer at :data:`BROADCAST_RATE`, :data:`MAX_WAIT` at most."""
+    return min(MAX_WAIT, peer_count * list_size / BROADCAST_RATE)
 
 
 @dataclass
@@ -88,16 +138,35 @@ class _Peer:
 class Hub:
     """Registered peers and message routing for one signaling server."""
 
-    def __init__(self, interval: Callable[[int], float] = default_interval) -> None:
+    def __init__(
+        self,
+        interval: Callable[[int], float] = default_interval,
+        remote: Remote | None = None,
+        max_wait: Callable[[int, int], float] = default_max_wait,
+    ) -> None:
+        """``interval(n)``: the least time between two peers broadcasts with ``n`` peers, and
+        how long a changed list must stay unchanged before it is broadcast. ``max_wait(n,
+        size)``: the longest a broadcast (``size`` bytes) may be put off after the previous
+        one while the list keeps changing (never less than ``interval(n)``)."""
         self._interval = interval
+        self._max_wait = max_wait
+        self._remote = remote  # the cluster's other instances; None: this process alone
         self._peers: dict[str, _Peer] = {}  # insertion order = registration order
         self._by_conn: dict[ConnId, str] = {}
         # Connections whose token allows one id only ([auth] secret set): conn -> that id.
         self._bound: dict[ConnId, str] = {}
         self._peers_text: str | None = None
+        # The local entries joined by commas, grown in place while peers only register at
+        # the end of the list (None: to be joined again); the last list's size.
+        self._entries: str | None = ""
+        self._size = 0
         self._version = 0  # bumped on every change to the list
         self._last_broadcast = float("-inf")
         self._due: float | None = None  # when the pending peers broadcast goes out
+
+    def attach(self, remote: Remote) -> None:
+        """Join a cluster (before any peer registers)."""
+        self._remote = remote
 
     # -- queries -------------------------------------------------------------------------
 
@@ -116,8 +185,14 @@ class Hub:
     def peers_message(self) -> str:
         """The current ``peers`` message text (cached until the list changes)."""
         if self._peers_text is None:
-            entries = ",".join(p.entry for p in self._peers.values())
+            if self._remote is None:
+                if self._entries is None:
+                    self._entries = ",".join(p.entry for p in self._peers.values())
+                entries = self._entries
+            else:
+                entries = ",".join(self._remote.entries())
             self._peers_text = '{"type":"peers","data":[' + entries + "]}"
+            self._size = len(self._peers_text)
         return self._peers_text
 
     # -- events from the shell ------------------------------------------------------------
@@ -145,6 +220,34 @@ class Hub:
             return []
         return self._broadcast_peers(now)
 
+    # -- events from the cluster ---------------------------------------------------------
+
+    def remote_changed(
+        self, now: float, *, left: Iterable[str] = (), taken: Iterable[str] = ()
+    ) -> list[Action]:
+        """The cluster's list changed: ``left`` ids are gone (``leave`` to the local peers),
+        ``taken`` ids registered here were taken over by a connection elsewhere (the local
+        holder gets the takeover error and 4409, and nobody a ``leave``)."""
+        actions: list[Action] = []
+        for peer_id in taken:
+            holder = self._peers.pop(peer_id, None)
+            if holder is not None:
+                del self._by_conn[holder.conn]
+                actions += self._kick(holder)
+        self._changed()
+        if not self._peers:
+            self._due = None
+            return actions
+        rest = tuple(p.conn for p in self._peers.values())
+        actions += [Broadcast(rest, message("leave", peer_id)) for peer_id in left]
+        return actions + self._schedule_peers(now)
+
+    def deliver(self, to: str, text: str) -> list[Action] | None:
+        """A message relayed from another instance for local peer ``to``; None if it is not
+        registered here."""
+        peer = self._peers.get(to)
+        return None if peer is None else [Send(peer.conn, text)]
+
     # -- internals -----------------------------------------------------------------------
 
     def _dispatch(self, conn: ConnId, request: Request, now: float) -> list[Action]:
@@ -161,10 +264,15 @@ class Hub:
             if sender is None:
                 raise ProtocolError(request.type, "not registered: send 'new' first")
             target = self._peers.get(request.to)
-            if target is None:
-                raise ProtocolError(request.type, f"peer '{request.to}' is not registered")
-            data = dict(request.data)
+            data = request.data  # parsed for this message alone: changed in place
             data["from"] = sender  # the server, not the client, says who sent it
+            if target is None:
+                remote = self._remote
+                if remote is not None and remote.relay(
+                    request.to, message(request.type, data), sender, request.type
+                ):
+                    return []
+                raise ProtocolError(request.type, f"peer '{request.to}' is not registered")
             return [Send(target.conn, message(request.type, data))]
         if isinstance(request, Bye):
             if sender is None:
@@ -178,13 +286,21 @@ class Hub:
             # The token names one id: no other, and so no takeover of another peer's id
             # (a takeover needs a token for that very id).
             raise ProtocolError("new", f"your token is for id '{bound}', not '{req.id}'")
+        remote = self._remote
+        if remote is not None:
+            refusal = remote.refusal()
+            if refusal is not None:
+                raise ProtocolError("new", refusal)
         actions: list[Action] = []
+        appended: str | None = None
         current = self._by_conn.get(conn)
         if current == req.id:
             # Same id again: refresh name and user agent, keep the place in the list.
             peer = self._peers[req.id]
             peer.name, peer.user_agent = req.name, req.user_agent
             peer.entry = self._entry(req)
+            if remote is not None:
+                remote.joined(req.id, peer.entry, update=True)
         else:
             if current is not None:
                 # One connection is one peer: the old id leaves (one peers list follows,
@@ -196,14 +312,17 @@ class Hub:
                 # the id, the old connection is told and closed, and is no longer listed.
                 del self._peers[req.id]
                 del self._by_conn[holder.conn]
-                reason = f"id '{req.id}' was taken over by a new connection"
-                actions.append(
-                    Send(holder.conn, message("error", {"request": "new", "reason": reason}))
-                )
-                actions.append(Close(holder.conn, CLOSE_TAKEN_OVER, "id taken over"))
-            self._peers[req.id] = _Peer(req.id, req.name, req.user_agent, conn, self._entry(req))
+                actions += self._kick(holder)
+            entry = self._entry(req)
+            self._peers[req.id] = _Peer(req.id, req.name, req.user_agent, conn, entry)
             self._by_conn[conn] = req.id
-        self._changed()
+            if remote is not None:
+                # Held by another instance's connection: that one is taken over when the
+                # cluster tells its instance (no leave: the id moved).
+                remote.joined(req.id, entry, update=False)
+            if holder is None and current is None:
+                appended = entry  # the list only grew at its end
+        self._changed(appended)
         actions += self._schedule_peers(now, newcomer=conn)
         return actions
 
@@ -212,6 +331,8 @@ class Hub:
         if peer_id is None:
             return []
         del self._peers[peer_id]
+        if self._remote is not None:
+            self._remote.left(peer_id)
         self._changed()
         if not self._peers:
             self._due = None
@@ -232,29 +353,52 @@ class Hub:
         else:
             raise ProtocolError("bye", f"session_id '{sid}' is not '<id>-<id>' with your id")
         actions: list[Action] = []
-        missing: list[str] = []
+        errors: list[str] = []
         for peer_id in dict.fromkeys(ids):
             peer = self._peers.get(peer_id)
-            if peer is None:
-                missing.append(peer_id)
-            else:
-                actions.append(Send(peer.conn, message("bye", {"session_id": sid, "to": peer_id})))
-        for peer_id in missing:
-            actions.append(
-                Send(conn, ProtocolError("bye", f"peer '{peer_id}' is not registered").reply)
-            )
-        return actions
+            text = message("bye", {"session_id": sid, "to": peer_id})
+            if peer is not None:
+                actions.append(Send(peer.conn, text))
+                continue
+            try:
+                if self._remote is not None and self._remote.relay(peer_id, text, sender, "bye"):
+                    continue
+            except ProtocolError as err:  # on another instance, and the cluster is down
+                errors.append(err.reply)
+                continue
+            errors.append(ProtocolError("bye", f"peer '{peer_id}' is not registered").reply)
+        # Errors after the byes: the sender's own bye is never held up by the other side.
+        return actions + [Send(conn, reply) for reply in errors]
 
-    def _changed(self) -> None:
+    @staticmethod
+    def _kick(holder: _Peer) -> list[Action]:
+        """The takeover error and close for the connection that held ``holder``'s id."""
+        reason = f"id '{holder.id}' was taken over by a new connection"
+        return [
+            Send(holder.conn, message("error", {"request": "new", "reason": reason})),
+            Close(holder.conn, CLOSE_TAKEN_OVER, "id taken over"),
+        ]
+
+    def _changed(self, appended: str | None = None) -> None:
+        """The list changed; ``appended``: only by this entry at its end."""
         self._peers_text = None
         self._version += 1
+        if appended is not None and self._entries is not None:
+            self._entries = self._entries + "," + appended if self._entries else appended
+        else:
+            self._entries = None
 
     def _schedule_peers(self, now: float, newcomer: ConnId | None = None) -> list[Action]:
-        if self._due is None:
-            due = self._last_broadcast + self._interval(len(self._peers))
-            if now >= due:
-                return self._broadcast_peers(now)
-            self._due = due
+        count = len(self._peers) if self._remote is None else self._remote.count()
+        interval = self._interval(count)
+        if self._due is None and now >= self._last_broadcast + interval:
+            return self._broadcast_peers(now)
+        # Deferred: the list goes out once it has stayed unchanged for the interval (so the
+        # last join of a storm is seen at most that late), or, while it keeps changing, when
+        # the previous broadcast is max_wait old; never sooner than the interval after the
+        # previous broadcast (now is later than that broadcast).
+        wait = max(interval, self._max_wait(count, self._size))
+        self._due = min(now + interval, self._last_broadcast + wait)
         # Deferred (or already pending): the broadcast will carry this change; a newcomer
         # gets the list now, and is skipped by that broadcast unless the list changes again.
         if newcomer is None:

@@ -1,6 +1,6 @@
 """The signaling messages of docs/protocol.md: parsing, validation and encoding.
 
-Sans-I/O: bytes in, frozen dataclasses out. Every way a message can be wrong raises
+Sans-I/O: bytes in, dataclasses out. Every way a message can be wrong raises
 :class:`ProtocolError`, which carries the ``error`` reply to send back (the Go server
 ignored bad input silently; flaskrtc always answers).
 """
@@ -8,6 +8,7 @@ ignored bad input silently; flaskrtc always answers).
 from __future__ import annotations
 
 import json
+import json.scanner
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,14 +23,35 @@ _PAYLOAD_FIELD = {"offer": "description", "answer": "description", "candidate": 
 SERVER_ONLY_TYPES = ("peers", "error")
 
 
+# One encoder for every message: json.dumps with these arguments builds a new one per call.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+# json.loads without its Python layers (decode, raw_decode, two regex matches): the C
+# scanner itself, for a document that starts with its value; anything else goes through
+# json.loads, so the outcome (value or ValueError) is json.loads's in every case.
+_scan = json.scanner.make_scanner(json.JSONDecoder())
+
+
+def loads(text: str) -> Any:
+    """``json.loads(text)``."""
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:  # no value at 0: whitespace first, or not JSON
+        return json.loads(text)
+    if end != len(text) and text[end:].strip(" \t\n\r"):
+        return json.loads(text)  # extra data: json.loads says where
+    return value
+
+
 def dumps(obj: Any) -> str:
     """Compact JSON as sent on the wire (UTF-8 kept as is)."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return _encode(obj)
 
 
 def message(type_: str, data: Any) -> str:
     """The envelope ``{"type": type_, "data": data}`` as text."""
-    return dumps({"type": type_, "data": data})
+    return '{"type":' + _encode(type_) + ',"data":' + _encode(data) + "}"
 
 
 # How much of a bad message's "type" an error reply echoes: every real type is short, and a
@@ -52,7 +74,7 @@ class ProtocolError(Exception):
         return message("error", {"request": self.request, "reason": self.reason})
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class New:
     """``new``: register this connection as a peer."""
 
@@ -61,7 +83,7 @@ class New:
     user_agent: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Forward:
     """``offer`` / ``answer`` / ``candidate``: relay ``data`` to peer ``to``."""
 
@@ -70,19 +92,19 @@ class Forward:
     data: dict[str, Any]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Bye:
     """``bye``: end session ``session_id`` (two peer ids joined by '-')."""
 
     session_id: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Leave:
     """``leave``: unregister, keeping the socket open."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Keepalive:
     """``keepalive``: echo ``data`` back to the sender."""
 
@@ -123,7 +145,7 @@ def parse(payload: bytes) -> Request:
     except UnicodeDecodeError:
         raise ProtocolError("", "message is not valid UTF-8") from None
     try:
-        envelope = json.loads(text)
+        envelope = loads(text)
     except (ValueError, RecursionError):
         raise ProtocolError("", "message is not valid JSON") from None
     if not isinstance(envelope, dict):

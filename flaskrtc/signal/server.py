@@ -18,6 +18,7 @@ import ipaddress
 import logging
 import re
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -26,6 +27,7 @@ from typing import Any, BinaryIO
 import gevent
 import gevent.event
 import gevent.socket
+import gevent.ssl
 from gevent.pywsgi import WSGIHandler
 from geventwebsocket.handler import WebSocketHandler
 
@@ -73,6 +75,10 @@ HEAD_TIMEOUT = 10.0
 MAX_QUEUED_BYTES = 32 * 1024 * 1024
 # A single sendall that cannot finish in this time means the peer stopped reading.
 SEND_TIMEOUT = 30.0
+# A batch of writes (a broadcast) lets the event loop run after this many seconds of work,
+# for YIELD_SLEEP seconds (a timer, so that the loop polls the sockets in between).
+FLUSH_SLICE = 0.002
+YIELD_SLEEP = 0.00001
 
 TRANSPORT_KEY = "flaskrtc.transport"
 WS_PATH = "/ws"
@@ -96,6 +102,16 @@ def _shutdown_socket(sock: socket.socket, how: int) -> None:
             sock.shutdown(how)
     except OSError:
         pass  # already closed or reset: nothing left to wake
+
+
+def _no_delay(sock: Any) -> None:
+    """TCP_NODELAY on ``sock``: every write is a whole batch of frames, so Nagle's algorithm
+    only holds a small frame (the 101 after TLS 1.3's session tickets, a keepalive echo
+    after a big peers list) until the client's delayed ACK, up to 40 ms later."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):
+        pass  # not TCP (a socket pair in tests, a Unix socket): nothing to turn off
 
 
 def unmapped(address: Any) -> Any:
@@ -138,6 +154,7 @@ class SignalingHandler(WebSocketHandler):  # type: ignore[misc]
         # A dual-stack listener sees an IPv4 client as ::ffff:a.b.c.d; logs, rate limits
         # and /api/turn's choice of address family want the IPv4 address.
         super().__init__(sock, unmapped(address), server, rfile)
+        _no_delay(sock)
 
     def upgrade_connection(self) -> list[bytes] | None:
         if self.environ.get("PATH_INFO") != WS_PATH:
@@ -252,17 +269,32 @@ class SignalingHandler(WebSocketHandler):  # type: ignore[misc]
 
 
 class Connection:
-    """One WebSocket peer: the reader runs in the request greenlet, the writer in its own."""
+    """One WebSocket peer: the reader runs in the request greenlet, the writer in its own.
+
+    Output is written where it is produced: the greenlet that queued frames (a reader that
+    forwarded a message, the tick loop that broadcast a peers list) writes them to the
+    socket at once if that does not block, one write for everything it queued to this
+    connection (:meth:`flush`). Only what the socket does not take right away is left to the
+    writer greenlet, which waits for the socket (bounded by :data:`SEND_TIMEOUT`). The writer
+    also sends the keepalive, the close frame, and drops a silent client. One writer at a time
+    still: a flush never writes while the writer is sending or holds unsent bytes.
+    """
 
     def __init__(self, server: SignalServer, conn_id: int, transport: Transport) -> None:
         self.server = server
         self.id = conn_id
         self.transport = transport
         self.address = transport.address
+        self._tls = isinstance(transport.sock, gevent.ssl.SSLSocket)
         self._out: deque[bytes | list[bytes]] = deque()
         self._queued = 0
         self._wake = gevent.event.Event()
         self._peers_slot: list[bytes] | None = None
+        # Bytes a write left unsent, for the writer: the rest of a plain write, or a whole
+        # TLS write, which must be retried with the same bytes.
+        self._pending: memoryview | None = None
+        self._writing = False  # the writer is sending (and may be waiting for the socket)
+        self._failed = False  # a write failed: the connection is gone
         self._closing = False  # a close frame is queued; nothing else may follow it
         self._close_sent = False  # ... and it has been written
         self._dropped: str | None = None  # why the writer cut the connection, if it did
@@ -275,7 +307,8 @@ class Connection:
     # -- output (any greenlet) -----------------------------------------------------------
 
     def enqueue(self, frame: bytes) -> None:
-        """Queue one encoded frame for the writer."""
+        """Queue one encoded frame; it is written by the current batch's flush, if one is
+        open (:meth:`SignalServer.apply`), else by the writer."""
         if self._closing:
             return
         self._out.append(frame)
@@ -300,6 +333,58 @@ class Connection:
         self._closing = True
         self._wake.set()
 
+    def flush(self) -> None:
+        """Write everything queued now, in one write, if the socket takes it without
+        blocking; what it does not take is left to the writer. Never yields."""
+        if self._writing or self._pending is not None or self._closing or not self._out:
+            return  # the writer has it, or will (close() and a partial write wake it)
+        data = self._take()
+        try:
+            sent = self._send_nowait(data)
+        except OSError as exc:
+            log.debug("%s: send failed (%s)", self, exc)
+            self._fail()
+            return
+        self._queued -= sent
+        if sent < len(data):
+            self._pending = memoryview(data)[sent:]
+            self._wake.set()
+
+    def _take(self) -> bytes:
+        """Everything queued, as one byte string (the frames in order)."""
+        out = self._out
+        if len(out) == 1:
+            item = out.popleft()
+            if isinstance(item, list):
+                self._peers_slot = None
+                return item[0]
+            return item
+        batch: list[bytes] = []
+        while out:
+            item = out.popleft()
+            if isinstance(item, list):
+                if item is self._peers_slot:
+                    self._peers_slot = None
+                item = item[0]
+            batch.append(item)
+        return b"".join(batch)
+
+    def _send_nowait(self, data: bytes | memoryview) -> int:
+        """Write what the socket takes now; the number of bytes taken (TLS: all or none)."""
+        sock: Any = self.transport.sock
+        if self._tls:
+            sslobj = sock._sslobj  # gevent's SSLSocket.send, minus its wait for the socket
+            if sslobj is None:
+                raise OSError("TLS connection closed")
+            try:
+                return int(sslobj.write(data))
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                return 0  # OpenSSL keeps what it took: the same bytes must be written again
+        try:
+            return int(sock.send(data, 0, 0.0))  # gevent: timeout 0 raises instead of waiting
+        except BlockingIOError:
+            return 0
+
     def _account(self, size: int) -> None:
         self._queued += size
         if self._queued > self.server.max_queued:
@@ -308,26 +393,42 @@ class Connection:
             log.warning("%s: %d bytes unsent, dropping slow connection", self, self._queued)
             self._drop(f"dropped: {self._queued} bytes unsent")
             self._queued = 0
-        self._wake.set()
+            return
+        batch = self.server.batch
+        if batch is not None:
+            batch.append(self)  # written when the batch is flushed
+        else:
+            self._wake.set()
 
     def _drop(self, why: str) -> None:
         """End the connection without a close frame (the client is gone or not reading)."""
         self._dropped = why
         self._out.clear()
+        self._pending = None
         self._closing = True
         self._shutdown()
+        self._wake.set()
+
+    def _fail(self) -> None:
+        """A write failed: the connection is gone; the reader sees EOF and cleans up."""
+        self._failed = True
+        self._out.clear()
+        self._pending = None
+        self._closing = True
+        self._shutdown()
+        self._wake.set()
 
     # -- writer greenlet -----------------------------------------------------------------
 
     def write_loop(self) -> None:
-        """Write queued frames, a ``{}`` and a PING every keepalive period, until the close
-        frame; drop a client from which nothing arrived for ``idle_timeout`` seconds."""
-        sock = self.transport.sock
+        """Write what a flush left unsent (waiting for the socket), a ``{}`` and a PING every
+        keepalive period, and the close frame; drop a client from which nothing arrived
+        for ``idle_timeout`` seconds."""
         keepalive = self.server.keepalive
         idle = self.server.idle_timeout
         next_ping = time.monotonic() + keepalive
         try:
-            while True:
+            while not self._failed:
                 now = time.monotonic()
                 silent = now - self.last_seen
                 if silent > idle:
@@ -335,29 +436,29 @@ class Connection:
                     # FIN (a phone out of coverage). TCP would take ~15 min to notice.
                     self._drop(f"dropped: nothing received for {silent:.0f} s (no pong)")
                     return
-                if not self._out:
+                if self._dropped is not None:
+                    return
+                if self._pending is None and not self._out:
                     self._wake.clear()
                     wait = min(next_ping, self.last_seen + idle) - now
                     if not self._wake.wait(max(0.0, wait)):
                         if time.monotonic() >= next_ping:
-                            self._send(sock, KEEPALIVE_FRAME + PING_FRAME)
+                            self._send(KEEPALIVE_FRAME + PING_FRAME)
                             next_ping = time.monotonic() + keepalive
-                        continue
-                batch: list[bytes] = []
+                    continue
+                pending = self._pending
+                if pending is not None:
+                    self._send(pending)
+                    self._pending = None
+                    self._queued = max(0, self._queued - len(pending))
                 while self._out:
-                    item = self._out.popleft()
-                    if isinstance(item, list):
-                        if item is self._peers_slot:
-                            self._peers_slot = None
-                        item = item[0]
-                    batch.append(item)
-                data = b"".join(batch)
-                # One sendall per batch: fewer syscalls under load, same order on the wire.
-                # The batch counts as unsent until it is out: a client that stops reading
-                # mid-batch reaches the cap however the frames were batched.
-                self._send(sock, data)
-                self._queued = max(0, self._queued - len(data))
-                if self._closing and not self._out:
+                    # One write per batch: fewer syscalls under load, same order on the wire.
+                    # The batch counts as unsent until it is out: a client that stops reading
+                    # mid-batch reaches the cap however the frames were batched.
+                    data = self._take()
+                    self._send(data)
+                    self._queued = max(0, self._queued - len(data))
+                if self._closing and not self._out and self._dropped is None:
                     # Our close frame is out; a peer that never answers it is cut off.
                     self._close_sent = True
                     gevent.spawn_later(CLOSE_TIMEOUT, self._shutdown)
@@ -369,11 +470,24 @@ class Connection:
         finally:
             self._done.set()
 
-    @staticmethod
-    def _send(sock: socket.socket, data: bytes) -> None:
-        if data:
+    def _send(self, data: bytes | memoryview) -> None:
+        """Write all of ``data``, waiting for the socket; :data:`SEND_TIMEOUT` at most."""
+        if not data:
+            return
+        sock: Any = self.transport.sock
+        self._writing = True
+        try:
             with gevent.Timeout(SEND_TIMEOUT):
-                sock.sendall(data)
+                if self._tls:
+                    # gevent's SSLSocket.send retries a blocked write with the same bytes, as
+                    # OpenSSL requires (sendall would cut them into other chunks).
+                    view = memoryview(data)
+                    while view:
+                        view = view[sock.send(view) :]
+                else:
+                    sock.sendall(data)
+        finally:
+            self._writing = False
 
     def _shutdown(self) -> None:
         # Wakes a reader blocked in recv (it sees EOF) so that it cleans up.
@@ -384,15 +498,30 @@ class Connection:
     def run(self) -> None:
         """Read frames until the connection ends, then unregister (exactly once)."""
         decoder = FrameDecoder(self.server.max_message_size)
-        read = self.transport.rfile.read1  # type: ignore[attr-defined]
+        # What the HTTP parser read past the request (the client may not have waited for
+        # the 101) is in rfile's buffer, and so is the first read; then the socket itself.
+        first: Callable[[int], bytes] = self.transport.rfile.read1  # type: ignore[attr-defined]
+        sock: Any = self.transport.sock
+        # Each read waits until the socket is readable, then reads, instead of trying a read
+        # that fails (EAGAIN; for TLS an SSLWantReadError built, raised and caught).
+        readable = gevent.get_hub().loop.io(sock.fileno(), 1)
+        tls = self._tls
+        read = self._tls_reader(readable) if tls else sock.recv
         self.writer = gevent.spawn(self.write_loop)
         log.info("%s: connected", self)
         reason = "closed by peer"
         linger = False  # our close frame ends the session: drain the client's input after it
+        server = self.server
+        data = b""
         try:
             while True:
                 try:
-                    data = read(READ_SIZE)
+                    if not data:
+                        data = first(READ_SIZE)
+                    else:
+                        if len(data) < READ_SIZE and not (tls and sock.pending()):
+                            gevent.socket.wait(readable)
+                        data = read(READ_SIZE)
                 except (OSError, ValueError) as exc:
                     # ValueError: a TLS layer already gone (read on an unwrapped socket).
                     reason = f"connection lost ({exc.__class__.__name__})"
@@ -416,20 +545,52 @@ class Connection:
                     self.close(1008, "too many frames per second")
                     linger = True
                     break
-                if self._handle(events):
+                if not events:
+                    continue
+                # Everything these messages queue, to any connection, is written in one
+                # write per connection once they are all handled.
+                batch = server.begin_batch()
+                try:
+                    ended = self._handle(events)
+                finally:
+                    server.end_batch(batch)
+                if ended:
                     linger = True
                     break
             # Let the writer flush a close frame before the socket goes away.
             self._done.wait(CLOSE_TIMEOUT)
         finally:
             label = str(self)  # while it still names the peer
-            self.server.drop(self)
+            server.drop(self)
             if linger and self._close_sent:
-                self._linger(read)
+                self._linger(self.transport.sock.recv)
+            readable.close()
             if self.writer is not None:
                 self.writer.kill(block=False)
             self._shutdown()
             log.info("%s: disconnected, %s", label, self._dropped or reason)
+
+    def _tls_reader(self, readable: Any) -> Callable[[int], bytes]:
+        """``recv`` for the TLS socket: gevent's SSLSocket.recv without its Python layers,
+        and reading what OpenSSL already holds before waiting for the socket again."""
+        sock: Any = self.transport.sock
+
+        def read(size: int) -> bytes:
+            while True:
+                sslobj = sock._sslobj
+                if sslobj is None:
+                    raise ValueError("TLS connection closed")
+                try:
+                    data: bytes = sslobj.read(size)
+                    return data
+                except ssl.SSLWantReadError:
+                    gevent.socket.wait(readable)
+                except ssl.SSLWantWriteError:
+                    gevent.socket.wait_write(sock.fileno())
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    return b""  # the end of the stream, as gevent's read reports it
+
+        return read
 
     def _linger(self, read: Callable[[int], bytes]) -> None:
         """Lingering close: FIN after our close frame, then read and discard until the client
@@ -498,6 +659,13 @@ class SignalServer:
         self._emptied = gevent.event.Event()  # set when the last connection has ended
         self._ticker: gevent.Greenlet[Any] | None = None
         self.stopping = False
+        # Connections given frames since begin_batch(), to flush at end_batch(); None when
+        # no batch is open (a frame queued then is left to the connection's writer).
+        self.batch: list[Connection] | None = None
+        # The last frame built, by its text: a peers list goes to the newcomer and then to
+        # everyone as the same text, encoded once.
+        self._frame_text: str | None = None
+        self._frame = b""
 
     def serve(
         self, transport: Transport, *, peer_id: str | None = None, refusal: str | None = None
@@ -537,28 +705,74 @@ class SignalServer:
             self._emptied.set()
         self.apply(self.hub.disconnect(conn.id, time.monotonic()))
 
+    def begin_batch(self) -> list[Connection] | None:
+        """Open a batch: frames queued from now on are written by :meth:`end_batch`, one write
+        per connection. Returns the batch it is nested in (None if none), for end_batch."""
+        outer = self.batch
+        if outer is None:
+            self.batch = []
+        return outer
+
+    def end_batch(self, outer: list[Connection] | None) -> None:
+        """Close the batch :meth:`begin_batch` opened and write what it queued."""
+        if outer is not None:
+            return  # nested: the outer batch writes it all
+        batch, self.batch = self.batch, None
+        if batch:
+            self._flush(batch)
+
+    @staticmethod
+    def _flush(conns: list[Connection]) -> None:
+        """Write each connection's queue (see :meth:`Connection.flush`). A long batch (a
+        peers list to a thousand peers, encrypted for each) yields to the event loop every
+        :data:`FLUSH_SLICE` seconds, so that other connections' reads and replies (a
+        keepalive echo, an offer) are not held up behind it."""
+        if len(conns) == 1:
+            conns[0].flush()
+            return
+        clock = time.perf_counter
+        start = clock()
+        hub = gevent.get_hub()
+        for conn in conns:
+            conn.flush()
+            if clock() - start > FLUSH_SLICE and gevent.getcurrent() is not hub:
+                # A timer, not sleep(0): it lets the loop poll the sockets before resuming.
+                gevent.sleep(YIELD_SLEEP)
+                start = clock()
+
+    def _frame_of(self, text: str) -> bytes:
+        if text is not self._frame_text:
+            self._frame_text, self._frame = text, text_frame(text)
+        return self._frame
+
     def apply(self, actions: list[Action]) -> None:
-        """Carry out hub actions: queue frames, start closes."""
-        for action in actions:
-            if isinstance(action, Send):
-                conn = self.conns.get(action.conn)
-                if conn is not None:
-                    conn.enqueue(text_frame(action.text))
-            elif isinstance(action, Broadcast):
-                frame = text_frame(action.text)  # encoded once for every receiver
-                for conn_id in action.conns:
-                    conn = self.conns.get(conn_id)
-                    if conn is None:
-                        continue
-                    if action.peers:
-                        conn.enqueue_peers(frame)
-                    else:
-                        conn.enqueue(frame)
-            elif isinstance(action, Close):
-                conn = self.conns.get(action.conn)
-                if conn is not None:
-                    log.info("%s: closing (%s)", conn, action.reason)
-                    conn.close(action.code, action.reason)
+        """Carry out hub actions: queue frames and write them (one write per connection),
+        start closes."""
+        outer = self.begin_batch()
+        try:
+            conns = self.conns
+            for action in actions:
+                if isinstance(action, Send):
+                    conn = conns.get(action.conn)
+                    if conn is not None:
+                        conn.enqueue(self._frame_of(action.text))
+                elif isinstance(action, Broadcast):
+                    frame = self._frame_of(action.text)  # encoded once for every receiver
+                    for conn_id in action.conns:
+                        conn = conns.get(conn_id)
+                        if conn is None:
+                            continue
+                        if action.peers:
+                            conn.enqueue_peers(frame)
+                        else:
+                            conn.enqueue(frame)
+                elif isinstance(action, Close):
+                    conn = conns.get(action.conn)
+                    if conn is not None:
+                        log.info("%s: closing (%s)", conn, action.reason)
+                        conn.close(action.code, action.reason)
+        finally:
+            self.end_batch(outer)
         deadline = self.hub.next_deadline()
         # Wake the tick loop only for a deadline earlier than the one it sleeps until. Waking
         # it for any pending deadline made it spin without yielding (its own apply woke it

@@ -14,7 +14,7 @@ IP and in total.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -178,21 +178,30 @@ class Reservation:
 
 class LiveRelays:
     """``address in live``: whether ``address`` is one of this server's live relay sockets,
-    by the address it is advertised with or the one it is bound to."""
+    by the address it is advertised with or the one it is bound to, or (with workers) one of
+    a sibling worker's (``others``)."""
 
-    __slots__ = ("_bound", "_public")
+    __slots__ = ("_bound", "_others", "_public")
 
-    def __init__(self, public: dict[Address, Allocation], bound: dict[Address, Allocation]):
-        self._public, self._bound = public, bound
+    def __init__(
+        self,
+        public: dict[Address, Allocation],
+        bound: dict[Address, Allocation],
+        others: Container[Address] | None = None,
+    ):
+        self._public, self._bound, self._others = public, bound, others
 
     def __contains__(self, address: object) -> bool:
-        return address in self._public or address in self._bound
+        if address in self._public or address in self._bound:
+            return True
+        return self._others is not None and address in self._others
 
 
 class Allocations:
     """Every live allocation, by five-tuple and by relay address, with quota counts."""
 
-    def __init__(self, ports: RelayPorts) -> None:
+    def __init__(self, ports: RelayPorts, others: Container[Address] | None = None) -> None:
+        """``others``: the live relays of sibling workers (``address in others``), if any."""
         self.ports = ports
         self.by_five_tuple: dict[FiveTuple, Allocation] = {}
         self.by_relay: dict[Address, Allocation] = {}  # by bound address (hot path)
@@ -202,7 +211,7 @@ class Allocations:
         self.per_user: dict[str, int] = {}
         self.per_ip: dict[str, int] = {}
         self.reservations: dict[bytes, Reservation] = {}
-        self.live = LiveRelays(self.by_public, self.by_relay)
+        self.live = LiveRelays(self.by_public, self.by_relay, others)
         self._total = 0  # relay ports held by allocations and reservations
 
     def __len__(self) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import secrets
 import struct
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,11 +135,13 @@ class TurnCore:
         policy: PeerPolicy,
         limits: Limits = Limits(),
         host_addresses: Iterable[str] = (),
+        sibling_relays: Container[Address] | None = None,
     ) -> None:
         """``host_addresses``: the host's own addresses known at start-up (the TURN listen
         address, ``[turn] public_ip``); every address a relay is bound on or advertised
-        with is added as it is seen. Peers there are denied, except live relays."""
-        self.allocations = Allocations(ports)
+        with is added as it is seen. Peers there are denied, except live relays: this
+        core's own, and ``sibling_relays`` (the other workers' of the same server)."""
+        self.allocations = Allocations(ports, sibling_relays)
         self.credentials = credentials
         self.nonces = nonces
         self.policy = policy

@@ -23,6 +23,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import gevent
@@ -34,6 +35,7 @@ from flaskrtc.tls import HandshakeGuard
 from flaskrtc.turn.addressing import RelayAddressing, canonical_ip, is_wildcard
 from flaskrtc.turn.allocation import Address, Allocation, FiveTuple
 from flaskrtc.turn.core import ToClient, ToPeer, TurnCore
+from flaskrtc.turn.siblings import RelayTable
 from flaskrtc.turn.stun import StunError, next_frame_length, stream_starts_with_stun
 
 log = logging.getLogger("flaskrtc.turn")
@@ -96,10 +98,13 @@ class UdpRelayPorts:
         min_port: int,
         max_port: int,
         on_open: Callable[[RelaySocket], None] | None = None,
+        table: RelayTable | None = None,
     ) -> None:
+        """``table``: where live relay ports are marked for sibling workers (workers > 1)."""
         self.addressing = addressing
         self.min_port, self.max_port = min_port, max_port
         self.on_open = on_open
+        self.table = table
 
     def supports(self, family: int, local: str | None = None) -> bool:
         """IPv4 always; IPv6 when an IPv6 relay address is known for this client."""
@@ -141,6 +146,8 @@ class UdpRelayPorts:
                 sock.close()
                 continue
             relay = RelaySocket(sock, public)
+            if self.table is not None:
+                self.table.mark(relay.address[1], family, True)
             if self.on_open is not None:
                 self.on_open(relay)  # starts the relay's reader greenlet
             return relay
@@ -151,6 +158,8 @@ class UdpRelayPorts:
         if relay.reader is not None:
             relay.reader.kill(block=False)
             relay.reader = None
+        if self.table is not None:
+            self.table.mark(relay.address[1], 6 if ":" in relay.address[0] else 4, False)
         relay.sock.close()
 
 
@@ -309,25 +318,12 @@ class TurnServer:
         ``bind`` ``::`` listens on IPv6 and IPv4: one dual-stack socket each where the OS
         allows it, else one socket per family on the same port, else (no IPv6) IPv4 alone.
         """
-        hosts = listen_hosts(bind)
-        # Port 0: the UDP port the kernel picks may be taken for TCP or the other family;
-        # pick again (bounded).
-        for attempt in range(20 if port == 0 else 1):
-            udp_socks: list[gevent.socket.socket] = []
-            tcp_socks: list[gevent.socket.socket] = []
-            try:
-                actual = port
-                for host, v6only in hosts:
-                    udp_socks.append(bound_socket(socket.SOCK_DGRAM, host, actual, v6only))
-                    actual = udp_socks[0].getsockname()[1]
-                    tcp_socks.append(bound_socket(socket.SOCK_STREAM, host, actual, v6only))
-                break
-            except OSError:
-                for sock in udp_socks + tcp_socks:
-                    sock.close()
-                if attempt == 19 or port != 0:
-                    raise
-        for udp_sock, tcp_sock in zip(udp_socks, tcp_socks, strict=True):
+        with_tls = bool(tls_port) and ssl_context is not None
+        self.serve(bind_turn_sockets(bind, port, tls_port if with_tls else 0), ssl_context)
+
+    def serve(self, sockets: TurnSockets, ssl_context: ssl.SSLContext | None) -> None:
+        """Serve on sockets already bound (by :meth:`start`, or by the parent of workers)."""
+        for udp_sock, tcp_sock in zip(sockets.udp, sockets.tcp, strict=True):
             udp = _UdpListener(self, udp_sock)
             udp.init_socket()
             tcp = StreamServer(tcp_sock, self._stream_handler("tcp"))
@@ -335,27 +331,15 @@ class TurnServer:
             tcp.start()
             self.servers += [udp, tcp]
             self.pktinfo = self.pktinfo or udp.pktinfo
-        self.families = {6 if sock.family == socket.AF_INET6 else 4 for sock in udp_socks}
-        if any(v6only is False for _host, v6only in hosts):
-            self.families.add(4)  # a dual-stack socket takes IPv4 too
-        self.udp_address = (hosts[0][0], actual)
-        self.tcp_address = (hosts[0][0], actual)
-        if tls_port and ssl_context is not None:
-            tls_actual = tls_port if tls_port > 0 else 0
-            tls_socks: list[gevent.socket.socket] = []
-            try:
-                for host, v6only in hosts:
-                    tls_socks.append(bound_socket(socket.SOCK_STREAM, host, tls_actual, v6only))
-                    tls_actual = tls_socks[0].getsockname()[1]
-            except OSError:
-                for sock in tls_socks:
-                    sock.close()
-                raise
-            for sock in tls_socks:
+        self.families = sockets.families()
+        host, port = sockets.udp[0].getsockname()[:2]
+        self.udp_address = self.tcp_address = (host, port)
+        if sockets.tls and ssl_context is not None:
+            for sock in sockets.tls:
                 tls = _TlsServer(sock, self._stream_handler("tls"), ssl_context=ssl_context)
                 tls.start()
                 self.servers.append(tls)
-            self.tls_address = (hosts[0][0], tls_actual)
+            self.tls_address = (host, sockets.tls[0].getsockname()[1])
         self._sweeper = gevent.spawn(self._sweep)
 
     def _sweep(self) -> None:
@@ -567,6 +551,68 @@ class _UdpListener(DatagramServer):  # type: ignore[misc]
         return ClientLink(five_tuple, self._socket, stream=False, cmsg=cmsg, send_to=address)
 
 
+@dataclass
+class TurnSockets:
+    """TURN's listening sockets: per listen address a UDP and a TCP socket on the same port,
+    and the TLS ones (none when TLS is off)."""
+
+    udp: list[gevent.socket.socket]
+    tcp: list[gevent.socket.socket]
+    tls: list[gevent.socket.socket]
+
+    def all(self) -> list[gevent.socket.socket]:
+        """Every socket, UDP first."""
+        return [*self.udp, *self.tcp, *self.tls]
+
+    def families(self) -> set[int]:
+        """The address families clients can reach these sockets over."""
+        families = set()
+        for sock in self.udp:
+            if sock.family == socket.AF_INET6:
+                families.add(6)
+                if not sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY):
+                    families.add(4)  # a dual-stack socket takes IPv4 too
+            else:
+                families.add(4)
+        return families
+
+
+def bind_turn_sockets(bind: str, port: int, tls_port: int, reuse_port: bool = False) -> TurnSockets:
+    """Bind TURN's sockets for ``[turn] bind`` (see :func:`listen_hosts`): UDP and TCP on
+    ``port``, TLS on ``tls_port`` (0 = none); a port 0 becomes one free port for all of them.
+    ``reuse_port``: SO_REUSEPORT, for the parent of several workers."""
+    hosts = listen_hosts(bind)
+    # Port 0: the UDP port the kernel picks may be taken for TCP or the other family;
+    # pick again (bounded).
+    for attempt in range(20 if port == 0 else 1):
+        udp: list[gevent.socket.socket] = []
+        tcp: list[gevent.socket.socket] = []
+        try:
+            actual = port
+            for host, v6only in hosts:
+                udp.append(bound_socket(socket.SOCK_DGRAM, host, actual, v6only, reuse_port))
+                actual = udp[0].getsockname()[1]
+                tcp.append(bound_socket(socket.SOCK_STREAM, host, actual, v6only, reuse_port))
+            break
+        except OSError:
+            for sock in udp + tcp:
+                sock.close()
+            if attempt == 19 or port != 0:
+                raise
+    tls: list[gevent.socket.socket] = []
+    if tls_port:
+        tls_actual = tls_port if tls_port > 0 else 0
+        try:
+            for host, v6only in hosts:
+                tls.append(bound_socket(socket.SOCK_STREAM, host, tls_actual, v6only, reuse_port))
+                tls_actual = tls[0].getsockname()[1]
+        except OSError:
+            for sock in udp + tcp + tls:
+                sock.close()
+            raise
+    return TurnSockets(udp, tcp, tls)
+
+
 def dual_stack_supported() -> bool:
     """Whether one IPv6 socket can take IPv4 too (IPV6_V6ONLY off): Linux, macOS, Windows
     do; a host without IPv6 or a BSD with the option locked on does not."""
@@ -608,12 +654,18 @@ def listen_hosts(bind: str) -> list[tuple[str, bool | None]]:
     return [("0.0.0.0", None)]
 
 
-def bound_socket(kind: int, host: str, port: int, v6only: bool | None) -> gevent.socket.socket:
+def bound_socket(
+    kind: int, host: str, port: int, v6only: bool | None, reuse_port: bool = False
+) -> gevent.socket.socket:
     """A UDP or listening TCP socket bound to ``(host, port)``; for IPv6, IPV6_V6ONLY set to
-    ``v6only`` (a dual-stack socket sees IPv4 clients as ``::ffff:a.b.c.d``)."""
+    ``v6only`` (a dual-stack socket sees IPv4 clients as ``::ffff:a.b.c.d``). ``reuse_port``:
+    SO_REUSEPORT, so that every worker binds the same port and Linux spreads connections and
+    datagrams over them (by a hash of the 4-tuple: a client stays on one worker)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = gevent.socket.socket(family, kind)
     try:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if kind == socket.SOCK_STREAM:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6 and v6only is not None:

@@ -43,10 +43,11 @@ def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_shipped_config_equals_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     config = load_config(str(REPO / "configs" / "config.ini"), {}, {})
-    assert (config.general, config.turn, config.log_level) == (
+    assert (config.general, config.turn, config.log_level, config.cluster) == (
         DEFAULTS.general,
         DEFAULTS.turn,
         DEFAULTS.log_level,
+        DEFAULTS.cluster,
     )
     # With no --config, the same file is found relative to the working directory.
     implicit = load_config(None, {}, {})
@@ -752,3 +753,27 @@ def test_bad_turn_servers_are_refused(
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="host:port"):
         load_config(None, {}, {"turn.servers": bad})
+
+
+def test_cluster_is_off_by_default_and_validated(tmp_path: Path) -> None:
+    config = load_config(None, {}, {})
+    assert config.cluster.redis_url == "" and config.cluster.heartbeat == 1.0
+    assert config.cluster.instance_ttl == 3.0
+    path = write(
+        tmp_path / "c.ini", "[cluster]\nredis_url = redis://10.0.0.7:6380/2\nheartbeat = 0.5\n"
+    )
+    config = load_config(str(path), {}, {})
+    assert config.cluster.redis_url == "redis://10.0.0.7:6380/2"
+    assert config.cluster.instance_ttl == 1.5
+    env = {"FLASKRTC_CLUSTER_REDIS_URL": "unix:///run/redis.sock"}
+    assert load_config(None, env, {}).cluster.redis_url == "unix:///run/redis.sock"
+    for bad in ("rediss://h:6380", "http://h", "redis://", "redis://h/x", "redis://h:70000"):
+        with pytest.raises(ConfigError, match=r"cluster\.redis_url"):
+            load_config(None, {}, {"cluster.redis_url": bad})
+    for bad in ("0", "0.05", "61", "nan", "x"):
+        with pytest.raises(ConfigError, match=r"cluster\.heartbeat"):
+            load_config(None, {}, {"cluster.heartbeat": bad})
+    # A password in a bad URL is not printed back.
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {}, {"cluster.redis_url": "redis://:hunter2@h:99999"})
+    assert "hunter2" not in str(info.value) and "***" in str(info.value)

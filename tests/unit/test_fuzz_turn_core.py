@@ -611,8 +611,9 @@ class TurnMachine(RuleBasedStateMachine):
             # (A channel may outlive its peer's permission: 600 s against 300 s, RFC 8656
             # §12; the relay then drops its data.)
             assert all(CHANNEL_MIN <= c <= CHANNEL_MAX for c in allocation.channel_to_peer)
-            assert allocations.by_relay[allocation.relay.address] is allocation
-            assert allocations.by_public[allocation.relay.public] is allocation
+            for relay in allocation.relays:  # two for a dual allocation
+                assert allocations.by_relay[relay.address] is allocation
+                assert allocations.by_public[relay.public] is allocation
         assert all(n <= LIMITS.user_quota for n in per_username.values())
         if IP_QUOTA:
             per_ip: dict[str, int] = {}
@@ -620,19 +621,22 @@ class TurnMachine(RuleBasedStateMachine):
                 ip = allocation.five_tuple.client[0]
                 per_ip[ip] = per_ip.get(ip, 0) + 1
             assert all(n <= IP_QUOTA for n in per_ip.values()), per_ip
-        assert len(allocations.by_relay) == len(allocations.by_public) == len(live)
+        relays = sum(len(a.relays) for a in live)
+        assert len(allocations.by_relay) == len(allocations.by_public) == relays
         # No relay port leaks or is shared: every open port belongs to exactly one
         # allocation or reservation.
-        owned = [a.relay.address[1] for a in live]
+        owned = [relay.address[1] for a in live for relay in a.relays]
         owned += [r.relay.address[1] for r in allocations.reservations.values()]
         assert sorted(owned) == sorted(self.ports.open_ports), (owned, self.ports.open_ports)
         # Issue 10: reservations count in the quotas; the quota is per user, not per
         # credential.
-        held = len(live) + len(allocations.reservations)
+        # A dual allocation holds two ports, each counted.
+        held = relays + len(allocations.reservations)
+        assert held == allocations.total
         self.check(
             "reservations-over-quota",
             held <= LIMITS.total_quota,
-            f"{len(live)} allocations + {len(allocations.reservations)} reservations",
+            f"{relays} relays + {len(allocations.reservations)} reservations",
         )
         by_user: dict[str, int] = {}
         for allocation in live:

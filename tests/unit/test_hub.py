@@ -17,6 +17,7 @@ from flaskrtc.signal.hub import (
     Hub,
     Send,
     default_interval,
+    default_max_wait,
 )
 
 
@@ -329,6 +330,72 @@ def test_interval_grows_with_peers_and_is_capped() -> None:
     assert default_interval(2) < 0.01
     assert default_interval(100) == 0.1
     assert default_interval(100_000) == 1.0
+
+
+def test_a_list_that_keeps_changing_waits_up_to_max_wait_then_goes_out() -> None:
+    # Changes that keep coming within the interval (a storm) put the broadcast off up to
+    # max_wait after the previous one; once they stop, it goes out one interval after the
+    # last change.
+    w = Wire(Hub(interval=lambda n: 1.0, max_wait=lambda n, size: 3.0))
+    w.join("c1", "1")  # the first list goes out at once
+    w.take("c1")
+    for k in range(2, 7):  # a join every 0.5 s: at 0.5 ... 2.5
+        w.tick(0.5)
+        w.join(f"c{k}", str(k))
+        assert w.take("c1") == [], f"c1 got a list at {w.now} s"
+    assert w.hub.next_deadline() == 3.0
+    w.tick(0.5)  # 3.0: the previous broadcast is max_wait old
+    assert w.last_peers("c1") == ["1", "2", "3", "4", "5", "6"]
+    w.take("c1")
+    w.tick(0.2)
+    w.join("c7", "7")  # 3.2, then nothing more
+    assert w.hub.next_deadline() == 4.2  # one interval after this last change
+    w.tick(0.9)
+    assert w.take("c1") == []
+    w.tick(0.1)
+    assert w.last_peers("c1") == ["1", "2", "3", "4", "5", "6", "7"]
+
+
+def test_max_wait_is_the_lists_bytes_at_the_broadcast_rate_capped() -> None:
+    # Small lists: far below the interval, so rooms of a few hundred peers are unchanged.
+    assert default_max_wait(10, 600) < default_interval(10)
+    assert default_max_wait(300, 300 * 55) < default_interval(300)
+    # 1000 peers of 55-byte entries: 55 MB a broadcast, 2.75 s at 20 MB/s.
+    assert abs(default_max_wait(1000, 55_000) - 2.75) < 1e-9
+    assert default_max_wait(100_000, 10_000_000) == 5.0
+
+
+def test_the_peers_text_matches_the_list_through_every_kind_of_change() -> None:
+    # The entries are joined once and then grown as peers register at the end; every other
+    # change (leave, takeover, re-register, rename) must give the same text as a fresh join.
+    hub = Hub(interval=lambda n: 0.0)
+
+    def check() -> None:
+        data = json.loads(hub.peers_message())["data"]
+        assert [p["id"] for p in data] == hub.peer_ids()
+        fresh = Hub(interval=lambda n: 0.0)
+        for i, entry in enumerate(data):
+            fresh.receive(("fresh", i), msg("new", entry), 0.0)
+        assert hub.peers_message() == fresh.peers_message()
+
+    def new(conn: object, peer_id: str, name: str = "") -> None:
+        hub.receive(conn, msg("new", {"id": peer_id, "name": name, "user_agent": "ua"}), 0.0)
+        check()
+
+    for i in range(5):
+        new(f"c{i}", str(i), f"name {i}")
+    new("c2", "2", "renamed")  # the same id again: in place
+    new("c3", "33")  # another id on the same connection
+    new("x", "1")  # takeover of id 1 by a new connection
+    hub.disconnect("c0", 0.0)
+    check()
+    hub.receive("c4", msg("leave"), 0.0)
+    check()
+    new("c5", "5")
+    for conn in ("c2", "c3", "x", "c5"):
+        hub.disconnect(conn, 0.0)
+        check()
+    new("c6", "6")
 
 
 def test_newcomer_is_not_sent_the_same_list_twice() -> None:

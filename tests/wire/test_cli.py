@@ -111,7 +111,8 @@ def captured(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[o
     """Stand in for flaskrtc.server; collect the Config ``run`` would have been given."""
     calls: list[object] = []
 
-    def fake_run(config: object) -> int:
+    def fake_run(config: object, role: object = None) -> int:
+        assert role is None  # not a worker of a parent
         calls.append(config)
         return 7
 

@@ -17,12 +17,12 @@ def test_port_zero_retries_when_the_udp_port_is_taken_for_tcp(
     real = turn_server.bound_socket
     calls: list[int] = []
 
-    def flaky(kind: int, host: str, port: int, v6only: bool | None) -> Any:
+    def flaky(kind: int, host: str, port: int, *rest: Any) -> Any:
         if kind == socket.SOCK_STREAM:
             calls.append(port)
             if len(calls) == 1:
                 raise OSError(98, "Address already in use")  # as if another process had it
-        return real(kind, host, port, v6only)
+        return real(kind, host, port, *rest)
 
     monkeypatch.setattr(turn_server, "bound_socket", flaky)
     core, _ = make_core()
@@ -39,10 +39,10 @@ def test_port_zero_retries_when_the_udp_port_is_taken_for_tcp(
 def test_fixed_port_taken_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     real = turn_server.bound_socket
 
-    def taken(kind: int, host: str, port: int, v6only: bool | None) -> Any:
+    def taken(kind: int, host: str, port: int, *rest: Any) -> Any:
         if kind == socket.SOCK_STREAM:
             raise OSError(98, "Address already in use")
-        return real(kind, host, port, v6only)
+        return real(kind, host, port, *rest)
 
     monkeypatch.setattr(turn_server, "bound_socket", taken)
     core, _ = make_core()

@@ -29,7 +29,13 @@ from tests.conftest import ServerProcess, free_port, require_module, require_too
 class TurnProcess(ServerProcess):
     """flaskrtc with its TURN server on loopback; knows the TURN ports."""
 
-    def __init__(self, workdir: Path, general: dict[str, str] | None = None, **turn: str) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        general: dict[str, str] | None = None,
+        cluster: dict[str, str] | None = None,
+        **turn: str,
+    ) -> None:
         extra = {
             "turn.bind": "127.0.0.1",
             "turn.port": "0",
@@ -40,6 +46,7 @@ class TurnProcess(ServerProcess):
         }
         extra.update({f"turn.{k}": v for k, v in turn.items()})
         extra.update({f"general.{k}": v for k, v in (general or {}).items()})
+        extra.update({f"cluster.{k}": v for k, v in (cluster or {}).items()})
         extra["general.log_level"] = os.environ.get("FLASKRTC_TEST_LOG_LEVEL", "INFO")
         super().__init__(workdir, extra=extra)
 
