@@ -30,7 +30,7 @@ _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 # json.loads without its Python layers (decode, raw_decode, two regex matches): the C
 # scanner itself, for a document that starts with its value; anything else goes through
 # json.loads, so the outcome (value or ValueError) is json.loads's in every case.
-_scan = json.scanner.make_scanner(json.JSONDecoder())
+_scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # typeshed: the C class takes the decoder
 
 
 def loads(text: str) -> Any:
