@@ -690,6 +690,10 @@ def run_machine(relay_ip: str = "192.0.2.1", examples: int = 150) -> Outcomes:
 
 def test_core_fuzz_never_raises_and_stays_bounded() -> None:
     outcomes = run_machine()
+    if outcomes.missing(*MUST_REACH):
+        # Dual allocations take two of the few ports: a rare run of 150 examples misses the
+        # rarest outcome (a Data indication); a second budget must reach it.
+        outcomes.update(run_machine())
     assert outcomes.missing(*MUST_REACH) == [], dict(outcomes)
     # Stale nonces are reached too, through the time jumps.
     assert outcomes["REFRESH:438"] + outcomes["ALLOCATE:438"] + outcomes["OTHER:438"] > 0
