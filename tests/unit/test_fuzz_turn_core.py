@@ -545,7 +545,16 @@ class TurnMachine(RuleBasedStateMachine):
         allocation = self.core.allocations.get(p.ft)
         if allocation is None:
             return
-        peer = self.pick_peer(data, p)
+        # Half the time a peer the allocation permits: any other peer is only ever dropped,
+        # and a Data indication (the path worth fuzzing) needs a permission (§11.3).
+        permitted = [(ip, 5000) for ip in allocation.permissions]
+        permitted += [r for r in self.relays if r[0] in allocation.relay_permissions]
+        peer: tuple[str, int]
+        prefer_permitted: bool = bool(permitted) and data.draw(st.booleans())
+        if prefer_permitted:
+            peer = data.draw(st.sampled_from(permitted))
+        else:
+            peer = self.pick_peer(data, p)
         out = self.core.data_indication(allocation, peer, payload)
         if not has_permission(allocation, peer[0]):
             assert out is None  # §11.3: no permission, dropped
@@ -676,7 +685,7 @@ MUST_REACH = (
 )
 
 
-def run_machine(relay_ip: str = "192.0.2.1", examples: int = 150) -> Outcomes:
+def run_machine(relay_ip: str = "192.0.2.1", examples: int = 150, steps: int = 40) -> Outcomes:
     """Run the state machine with relays on ``relay_ip``; return what it reached."""
     outcomes = Outcomes()
     machine = type(
@@ -684,16 +693,22 @@ def run_machine(relay_ip: str = "192.0.2.1", examples: int = 150) -> Outcomes:
         (TurnMachine,),
         {"relay_ip": relay_ip, "outcomes": outcomes},
     )
-    run_state_machine_as_test(machine, settings=fuzz_settings(examples, steps=40))
+    run_state_machine_as_test(machine, settings=fuzz_settings(examples, steps=steps))
     return outcomes
 
 
+# Derandomized runs repeat themselves: a second budget must differ in shape (steps per run)
+# to draw other inputs. Which rare outcome one budget misses depends on hypothesis's version
+# (its generator changes between releases).
+BUDGETS = ((150, 40), (150, 25))
+
+
 def test_core_fuzz_never_raises_and_stays_bounded() -> None:
-    outcomes = run_machine()
-    if outcomes.missing(*MUST_REACH):
-        # Dual allocations take two of the few ports: a rare run of 150 examples misses the
-        # rarest outcome (a Data indication); a second budget must reach it.
-        outcomes.update(run_machine())
+    outcomes = Outcomes()
+    for examples, steps in BUDGETS:
+        outcomes.update(run_machine(examples=examples, steps=steps))
+        if not outcomes.missing(*MUST_REACH):
+            break
     assert outcomes.missing(*MUST_REACH) == [], dict(outcomes)
     # Stale nonces are reached too, through the time jumps.
     assert outcomes["REFRESH:438"] + outcomes["ALLOCATE:438"] + outcomes["OTHER:438"] > 0

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from flaskrtc.turn.client import TurnClient
 from flaskrtc.turn.stun import Attr, Class, Method
 from tests.conftest import RedisProcess, ServerProcess
-from tests.wire.test_turn_ipv6 import send_indication
 from tests.wire.test_turn_wire import RawTurn, TurnProcess
 
 pytestmark = pytest.mark.skipif(
@@ -94,7 +94,7 @@ def relay_both_ways_between(
         reply = client.request(Method.CREATE_PERMISSION, {Attr.XOR_PEER_ADDRESS: other})
         assert reply.cls == Class.SUCCESS, (other, reply.attributes.get(Attr.ERROR_CODE))
     for sender, receiver, source, target in ((a, b, relay_a, relay_b), (b, a, relay_b, relay_a)):
-        sender._send(send_indication(target, b"across workers"))
+        sender._send(TurnClient.send_indication(target, b"across workers"))
         got = receiver.recv_message()
         assert got.method == Method.DATA, got
         assert got.attributes[Attr.DATA] == b"across workers"
