@@ -69,9 +69,19 @@ def binding_answered(port: int, transport: int = socket.SOCK_DGRAM) -> bool:
     try:
         if transport == socket.SOCK_DGRAM:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                # The fuzzed Send indications name random peer ports on 127.0.0.1 (permissions
+                # are per IP), so a relayed datagram can land on this ephemeral port: only the
+                # answer from the TURN port itself, with our transaction id, counts.
                 sock.settimeout(1)
-                sock.sendto(serialize(request), ("127.0.0.1", port))
-                reply = parse(sock.recvfrom(65535)[0])
+                server = ("127.0.0.1", port)
+                sock.sendto(serialize(request), server)
+                while True:
+                    data, source = sock.recvfrom(65535)
+                    if source != server or data[:1] >= b"\x40":  # relayed data, ChannelData
+                        continue
+                    reply = parse(data)
+                    if reply.transaction_id == request.transaction_id:
+                        break
         else:
             with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
                 sock.sendall(serialize(request))
