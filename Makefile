@@ -94,6 +94,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/signal_bench.py
 	$(PY) benchmarks/turn_bench.py
 	$(PY) benchmarks/workers_bench.py
+	$(PY) benchmarks/cluster_bench.py
 	@test -f $(call BINARY,$(HOST_OS)) || $(MAKE) --no-print-directory $(HOST_OS)
 	$(PY) benchmarks/release_bench.py --binary $(call BINARY,$(HOST_OS))
 

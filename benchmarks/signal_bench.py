@@ -155,10 +155,19 @@ def client_context(cert: Path) -> ssl.SSLContext:
 
 
 def start_server(
-    workdir: Path, tls: bool, src: Path, keepalive: float = 5.0
+    workdir: Path,
+    tls: bool,
+    src: Path,
+    keepalive: float = 5.0,
+    *,
+    workers: int = 1,
+    extra: str = "",
+    certs: Path | None = None,
 ) -> tuple[subprocess.Popen[str], Target]:
-    """Start flaskrtc (the tree at ``src``) on an ephemeral port; return it and its target."""
-    certs = workdir / "certs"
+    """Start flaskrtc (the tree at ``src``) on an ephemeral port; return it and its target
+    once it (each of its ``workers``) listens. ``extra``: more config sections (a
+    ``[cluster]``); ``certs``: the certificate folder (two instances share one)."""
+    certs = certs or workdir / "certs"
     config = workdir / "config.ini"
     config.write_text(
         "[general]\nbind = 127.0.0.1\nport = 0\n"
@@ -167,7 +176,10 @@ def start_server(
         f"keepalive = {keepalive}\nhtml_root = {REPO / 'web'}\n"
         # Every client comes from 127.0.0.1: no per-IP rate limit or connection cap.
         "rate_limit = 0\nmax_connections_per_ip = 0\nmax_connections = 0\n"
-        "[turn]\nsecret = bench\nbind = 127.0.0.1\nport = 0\ntls_port = 0\n"
+        # (only when asked: an older tree, run by --server-src, may not know the key)
+        + (f"workers = {workers}\n" if workers != 1 else "")
+        + "[turn]\nsecret = bench\nbind = 127.0.0.1\nport = 0\ntls_port = 0\n"
+        + extra
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "flaskrtc", "--config", str(config)],
@@ -180,10 +192,13 @@ def start_server(
     assert proc.stdout is not None
     deadline = time.monotonic() + 30
     log = []
+    listening = 0
     for line in proc.stdout:
         log.append(line)
         found = re.search(r"listening on https?://[^ ]+:(\d+)", line)
         if found:
+            listening += 1
+        if found and listening == workers:  # every worker shares the port the parent bound
             gevent.spawn(drain, proc.stdout)
             context = client_context(certs / "cert.pem") if tls else None
             return proc, Target(int(found.group(1)), context)
@@ -191,6 +206,33 @@ def start_server(
             break
     proc.kill()
     raise RuntimeError("server did not start:\n" + "".join(log))
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and its children (a parent of workers and its workers), read from /proc."""
+    pids = [pid]
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            pids += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        pass  # gone, or no children file (an old kernel): the process alone
+    return pids
+
+
+def tree_cpu(pids: list[int]) -> float:
+    """CPU seconds of the processes ``pids`` (one that has ended counts as 0)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_seconds(pid)
+        except OSError:
+            pass
+    return total
+
+
+def tree_rss_mb(pids: list[int]) -> float:
+    """The sum of the peak RSS of ``pids``, in MB."""
+    return sum(peak_rss_mb(pid) for pid in pids)
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
@@ -320,17 +362,26 @@ def offer_sdp(size: int) -> str:
 
 
 def forwarding(
-    target: Target, pairs: int, seconds: float, sdp_bytes: int, pid: int
+    target: Target,
+    pairs: int,
+    seconds: float,
+    sdp_bytes: int,
+    pid: int,
+    target_b: Target | None = None,
+    others: tuple[int, ...] = (),
 ) -> dict[str, float]:
     """Ping-pong offers/answers between ``pairs`` pairs for ``seconds``; the CPU process
-    ``pid`` spends meanwhile (not while the pairs connect and register) per message."""
+    ``pid`` (with its children and ``others``) spends meanwhile (not while the pairs
+    connect and register) per message. ``target_b``: where the second of each pair
+    connects (another instance of a cluster), if not ``target``."""
+    pids = [p for q in (pid, *others) for p in tree(q)]
     latencies: list[float] = []
     count = [0]
     stop_at = [0.0]
     sdp = offer_sdp(sdp_bytes)
     peers: list[tuple[Peer, Peer]] = []
     for k in range(pairs):
-        a, b = Peer(target), Peer(target)
+        a, b = Peer(target), Peer(target_b or target)
         a.send("new", {"id": f"a{k}"})
         b.send("new", {"id": f"b{k}"})
         peers.append((a, b))
@@ -344,24 +395,26 @@ def forwarding(
                 continue
             msg = json.loads(raw)
             now = time.perf_counter()
+            if now >= stop_at[0]:
+                return  # counted up to stop_at only: the measured window
             latencies.append(now - msg["data"]["t"])
             count[0] += 1
-            if now >= stop_at[0]:
-                return
             kind = "answer" if msg["type"] == "offer" else "offer"
             me.send(kind, {"to": other, "t": time.perf_counter(), "description": {"sdp": sdp}})
 
-    cpu0 = cpu_seconds(pid)
+    cpu0 = tree_cpu(pids)
     start = time.perf_counter()
     stop_at[0] = start + seconds
     jobs = []
     for k, (a, b) in enumerate(peers):
         jobs.append(gevent.spawn(side, a, f"b{k}", True))
         jobs.append(gevent.spawn(side, b, f"a{k}", False))
-    gevent.joinall(jobs, timeout=seconds + 10)
+    # The window ends at stop_at for everyone (a side that stops leaves its partner waiting
+    # for an answer that never comes: the jobs are killed, not joined).
+    gevent.sleep(max(0.0, stop_at[0] - time.perf_counter()))
     elapsed = time.perf_counter() - start
-    cpu = cpu_seconds(pid) - cpu0
-    gevent.killall(jobs)
+    cpu = tree_cpu(pids) - cpu0
+    gevent.killall(jobs, timeout=5)
     for a, b in peers:
         a.sock.close()
         b.sock.close()
@@ -372,7 +425,7 @@ def forwarding(
         "count": count[0],
         "cpu_us": cpu / max(1, count[0]) * 1e6,
         "cpu_share": cpu / elapsed,
-        "rss_mb": peak_rss_mb(pid),
+        "rss_mb": tree_rss_mb(pids),
     }
 
 
@@ -549,7 +602,8 @@ def join_storm(
         received0 = peers.received()
 
         tell("start")
-        cpu0, own0 = cpu_seconds(pid), own_cpu_seconds()
+        pids = tree(pid)
+        cpu0, own0 = tree_cpu(pids), own_cpu_seconds()
         start = time.monotonic()
         for i in range(n):
             delay = start + spread * i / n - time.monotonic()
@@ -563,7 +617,7 @@ def join_storm(
         deadline = last_join + 30
         while time.monotonic() < deadline and not peers.all_complete():
             gevent.sleep(0.05)
-        cpu, own = cpu_seconds(pid) - cpu0, own_cpu_seconds() - own0
+        cpu, own = tree_cpu(pids) - cpu0, own_cpu_seconds() - own0
         wall = time.monotonic() - start
         tell("stop")
         probed = json.loads(child.stdout.readline())
@@ -648,7 +702,7 @@ def run_storm(name: str, tls: bool, tmp: Path, args: argparse.Namespace) -> dict
         storm = join_storm(
             target, args.peers, args.spread, args.probes, proc.pid, cert, args.user_agent
         )
-        storm["rss_mb"] = peak_rss_mb(proc.pid)
+        storm["rss_mb"] = tree_rss_mb(tree(proc.pid))
     finally:
         stop(proc)
     targets = tls  # the storm targets are set for TLS, the default

@@ -449,6 +449,13 @@ def main() -> int:
     parser.add_argument("--signal-threads", type=int, default=3)
     parser.add_argument("--turn-threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--status-screenshot",
+        type=Path,
+        metavar="PNG",
+        help="turn [metrics] on and, at the end of the load, save a headless Chromium "
+        "screenshot of /status there (the README's picture)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="flaskrtc-soak-") as tmp:
@@ -466,6 +473,11 @@ def main() -> int:
                 "turn.unauth_rate": "0",
                 "turn.default_lifetime": str(LIFETIME),
                 "turn.max_lifetime": str(LIFETIME),
+                **(
+                    {"metrics.enabled": "true", "metrics.token": STATUS_TOKEN}
+                    if args.status_screenshot
+                    else {}
+                ),
             },
         )
         pid = server.proc.pid
@@ -473,6 +485,31 @@ def main() -> int:
             return soak(server, pid, args)
         finally:
             server.stop()
+
+
+STATUS_TOKEN = "soak-status-token-0123456789"
+
+
+def status_screenshot(server: ServerProcess, after: float, path: Path) -> None:
+    """``after`` seconds into the load, a screenshot of /status in headless Chromium."""
+    from playwright import sync_api
+
+    from tests.browser import CHROMIUM_FLAGS, chromium_path
+
+    time.sleep(max(0.0, after))
+    with sync_api.sync_playwright() as running:
+        browser = running.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+        try:
+            context = browser.new_context(
+                ignore_https_errors=True, viewport={"width": 1100, "height": 420}
+            )
+            page = context.new_page()
+            page.goto(f"{server.base}/status?token={STATUS_TOKEN}")
+            page.wait_for_selector("body[data-loaded='1']", timeout=15000)
+            page.screenshot(path=str(path))
+            print(f"soak: status page screenshot in {path}", flush=True)
+        finally:
+            browser.close()
 
 
 def soak(server: ServerProcess, pid: int, args: Any) -> int:
@@ -497,11 +534,19 @@ def soak(server: ServerProcess, pid: int, args: Any) -> int:
     stop = threading.Event()
     watcher = threading.Thread(target=sampler, args=(pid, stats, args.interval, stop, rows))
     watcher.start()
+    shooter = None
+    if args.status_screenshot:
+        shooter = threading.Thread(
+            target=status_screenshot, args=(server, args.minutes * 60 - 8, args.status_screenshot)
+        )
+        shooter.start()
     try:
         load(server, stats, args.minutes * 60, False, args, "")
     finally:
         stop.set()
         watcher.join()
+        if shooter is not None:
+            shooter.join()
     loaded = time.monotonic()
     # What the load left behind: UDP allocations expire after LIFETIME, ghosts after
     # idle_timeout, lingering closes after 2 s.

@@ -16,6 +16,14 @@ coturn (``turnserver``, ``turnutils_uclient``), which the whole run is skipped w
 (2) allocations/s: full Allocate with long-term auth (unsigned request, 401 with REALM and
     NONCE, signed request) from this process, one UDP socket per allocation, in batches.
 (3) memory per live allocation: the server's VmRSS before and after 1000 held allocations.
+
+``--metrics-cost`` runs only this instead: the relay cost of (1) for flaskrtc with
+``[metrics] enabled = false`` and with it on and /metrics scraped every second (15 times
+more often than Prometheus' default), rounds alternating between the two, and the ratio of
+the medians. The counters themselves are always kept (they are plain integer additions on
+the relay path, also read by the status page); ``--baseline-tree DIR`` adds a third server
+run from another source tree (e.g. ``git archive`` of the commit before the counters), whose
+ratio is the cost of counting at all.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import resource
 import selectors
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -148,11 +157,19 @@ class Server:
                 self.proc.wait(10)
 
 
-def start_flaskrtc(workdir: Path, *, wildcard: bool = False) -> tuple[Server, str]:
+def start_flaskrtc(
+    workdir: Path,
+    *,
+    wildcard: bool = False,
+    metrics: bool = False,
+    tree: Path = REPO,
+    name: str = "",
+) -> tuple[Server, str]:
     """flaskrtc with plain HTTP and TURN on loopback, no quotas; returns it and its HTTP port.
     ``wildcard``: TURN on :: with public_ip empty (the default configuration: one dual-stack
     socket, IPv4 clients seen as ::ffff:a.b.c.d), where every datagram's destination is read
-    with IPV6_PKTINFO."""
+    with IPV6_PKTINFO. ``metrics``: [metrics] enabled (loopback may read /metrics);
+    ``tree``: the source tree to run (another checkout, for a before/after figure)."""
     config = workdir / "config.ini"
     turn_addr = "public_ip =\nbind = ::" if wildcard else "public_ip = 127.0.0.1\nbind = 127.0.0.1"
     config.write_text(
@@ -163,10 +180,12 @@ def start_flaskrtc(workdir: Path, *, wildcard: bool = False) -> tuple[Server, st
         "tls_port = 0\nallowed_peer_ip = 127.0.0.1\nmin_port = 40000\nmax_port = 49999\n"
         # All clients on 127.0.0.1: no per-IP quota, no rate limit on unsigned replies.
         "user_quota = 0\ntotal_quota = 0\nip_quota = 0\nunauth_rate = 0\n"
+        # Written only when on: a tree from before [metrics] would refuse the section.
+        + ("[metrics]\nenabled = true\n" if metrics else "")
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONUNBUFFERED": "1"}
     server = Server(
-        "flaskrtc*" if wildcard else "flaskrtc",
+        name or ("flaskrtc*" if wildcard else "flaskrtc"),
         [sys.executable, "-m", "flaskrtc", "--config", str(config)],
         workdir,
         env,
@@ -488,6 +507,114 @@ def allocation_figures(server: Server, count: int, batch: int) -> AllocationFigu
     return figures
 
 
+# -- metrics on vs off ----------------------------------------------------------------------
+
+
+class Scraper:
+    """GETs /metrics every ``interval`` seconds in a thread, as Prometheus would."""
+
+    def __init__(self, http_port: str, interval: float = 1.0) -> None:
+        self.url = f"http://{HOST}:{http_port}/metrics"
+        self.interval = interval
+        self.scrapes = 0
+        self.bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import urllib.request
+
+        while not self._stop.wait(self.interval):
+            with urllib.request.urlopen(self.url, timeout=5) as reply:
+                self.bytes += len(reply.read())
+            self.scrapes += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def scrape_cpu(server: Server, http_port: str, count: int = 200) -> float:
+    """The server's CPU seconds per /metrics GET (each on a new connection), while idle."""
+    import urllib.request
+
+    url = f"http://{HOST}:{http_port}/metrics"
+    before = server.cpu()
+    for _ in range(count):
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            reply.read()
+    return (server.cpu() - before) / count
+
+
+def metrics_cost(uclient: str, args: argparse.Namespace, lengths: list[int]) -> None:
+    """flaskrtc with /metrics off and on (scraped every second), alternating rounds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        servers: list[Server] = []
+        scrapers: list[Scraper] = []
+        try:
+            on_http = ""
+            for name, on in (("metrics off", False), ("metrics on", True)):
+                (Path(tmp) / name).mkdir()
+                server, http = start_flaskrtc(Path(tmp) / name, metrics=on, name=name)
+                servers.append(server)
+                if on:
+                    on_http = http
+                    scrapers.append(Scraper(http, args.scrape_interval))
+            if args.baseline_tree:
+                (Path(tmp) / "baseline").mkdir()
+                server, _ = start_flaskrtc(
+                    Path(tmp) / "baseline", tree=Path(args.baseline_tree), name="no counters"
+                )
+                servers.append(server)
+            print(
+                f"metrics cost: uclient -y -m {args.clients} -n {args.messages} -z"
+                f" {args.interval}, {args.rounds} rounds alternating; {os.cpu_count()} CPUs;"
+                " server CPU per message received (2 hops through the server); /metrics"
+                f" scraped every {args.scrape_interval:g} s"
+            )
+            for length in lengths:
+                runs: dict[str, list[float]] = {server.name: [] for server in servers}
+                for round_ in range(args.rounds):
+                    # Alternate the order, so that a drift of the machine's load over the run
+                    # does not favour one server.
+                    ordered = servers if round_ % 2 == 0 else servers[::-1]
+                    for server in ordered:
+                        result, (cpu,) = measure_relay(
+                            uclient, server.port, length, [server.pid], args
+                        )
+                        runs[server.name].append(per_msg_us(cpu, result))
+                        print(
+                            f"    payload {length} B, round {round_ + 1}, {server.name:12}"
+                            f" {runs[server.name][-1]:6.1f} µs/msg ({result['received']:.0f}"
+                            f"/{result['sent']:.0f} received/sent, lost {result['lost_pct']:.2f}%)"
+                        )
+                # A failed uclient run (NaN) is left out rather than sorted among the rest.
+                medians = {
+                    name: statistics.median([v for v in values if v == v] or [float("nan")])
+                    for name, values in runs.items()
+                }
+                line = f"  payload {length} B: medians " + ", ".join(
+                    f"{name} {us:.1f} µs/msg" for name, us in medians.items()
+                )
+                print(line)
+                ratio = medians["metrics on"] / medians["metrics off"]
+                print(f"    ratio metrics on / off: {ratio:.3f} (goal < 1.05)")
+                if "no counters" in medians:
+                    counted = medians["metrics off"] / medians["no counters"]
+                    print(f"    ratio counters / no counters (metrics off): {counted:.3f}")
+            for scraper in scrapers:
+                scraper.stop()
+                size = scraper.bytes / max(1, scraper.scrapes)
+                print(f"  /metrics scraped {scraper.scrapes} times, {size:.0f} bytes each")
+            print(f"  server CPU per scrape: {scrape_cpu(servers[1], on_http) * 1e3:.2f} ms")
+        finally:
+            for scraper in scrapers:
+                scraper.stop()
+            for server in servers:
+                server.stop()
+
+
 # -- main -----------------------------------------------------------------------------------
 
 
@@ -504,6 +631,18 @@ def main() -> int:
     parser.add_argument(
         "--no-wildcard", action="store_true", help="skip flaskrtc on :: (the default, PKTINFO)"
     )
+    parser.add_argument(
+        "--metrics-cost",
+        action="store_true",
+        help="only compare flaskrtc with [metrics] off and on (scraped every second)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="--metrics-cost rounds")
+    parser.add_argument(
+        "--scrape-interval", type=float, default=1.0, help="--metrics-cost: seconds"
+    )
+    parser.add_argument(
+        "--baseline-tree", help="--metrics-cost: also run flaskrtc from this source tree"
+    )
     parser.add_argument("--forward", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.forward:
@@ -517,6 +656,9 @@ def main() -> int:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the servers
     lengths = [int(x) for x in args.lengths.split(",")]
+    if args.metrics_cost:
+        metrics_cost(uclient, args, lengths)
+        return 0
 
     with tempfile.TemporaryDirectory() as tmp:
         servers: list[Server] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import logging
 import mimetypes
@@ -13,11 +14,14 @@ from flask import Flask, Response, abort, jsonify, request, send_from_directory
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException, NotFound
 
+from flaskrtc import __version__
 from flaskrtc.auth import TokenError, verify_token
 from flaskrtc.config import Config, public_ips
+from flaskrtc.metrics import CONTENT_TYPE, Monitor
 from flaskrtc.ratelimit import retry_after_header
 from flaskrtc.resources import resolve_html_root
 from flaskrtc.signal.server import TRANSPORT_KEY, SignalServer
+from flaskrtc.status import STATUS_CSS, STATUS_HTML, STATUS_JS
 from flaskrtc.turn.addressing import LOOPBACK, url_host
 from flaskrtc.turn.credentials import CredentialError, make_credential
 
@@ -138,14 +142,28 @@ def create_app(
     clock: Callable[[], float] = time.time,
     rate_gate: Callable[[str], float] | None = None,
     turn_families: Collection[int] = (4, 6),
+    live: Callable[[], Config] | None = None,
+    monitor: Monitor | None = None,
 ) -> Flask:
     """Build the Flask app for ``config``; ``signal`` serves the WebSocket connections.
 
     ``rate_gate(ip)`` limits /api/turn: 0 lets a request through, else it is answered 429
     with that many seconds in ``Retry-After``. ``turn_families``: the address families the
-    TURN server listens on (the only ones /api/turn names).
+    TURN server listens on (the only ones /api/turn names). ``live()``: the config now (a
+    reload replaces it), asked on each request; without it ``config`` stays. ``monitor``:
+    what /readyz and /metrics report (the process's servers); a new one, knowing only
+    ``signal``, if None.
     """
-    secret = config.auth.secret
+
+    def current() -> Config:
+        return live() if live is not None else config
+
+    if monitor is None:
+        monitor = Monitor(signal, cluster_required=bool(config.cluster.redis_url))
+    # [metrics] needs a restart to change (flaskrtc/reload.py): read once.
+    metrics = config.metrics
+    metrics_allow = [ipaddress.ip_network(net) for net in metrics.allow]
+    metrics_token = metrics.token.encode()
     html_root = resolve_html_root(config.general.html_root)
     if html_root != Path(config.general.html_root).resolve():
         # Which copy: the binary's, the installed package's or the checkout's.
@@ -154,10 +172,12 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
 
     def client_ip() -> str:
+        # REMOTE_ADDR: the TCP peer, or the client a trusted proxy names (SignalingHandler).
         return request.remote_addr or "?"
 
     def check_token(where: str) -> str | None:
         """None if access is granted (or [auth] is off), else why it is refused."""
+        secret = current().auth.secret
         if not secret:
             return None
         peer_id = request.args.get("id", "")
@@ -165,14 +185,38 @@ def create_app(
             verify_token(secret, peer_id, request.args.get("token", ""), clock())
         except TokenError as err:
             # The token itself is never logged: it is a credential while it is valid.
-            log.warning("%s: %s refused: %s (id %r)", client_ip(), where, err.reason, peer_id[:128])
+            log.warning(
+                "%s: %s refused: %s (id %r)",
+                client_ip(),
+                where,
+                err.reason,
+                peer_id[:128],
+                extra={
+                    "client": client_ip(),
+                    "endpoint": where,
+                    "peer": peer_id[:128],
+                    "reason": err.reason,
+                    "status": 401 if where == "/api/turn" else 4401,
+                },
+            )
             return err.reason
         return None
+
+    def refuse_400(reason: str) -> None:
+        # DEBUG: a client's own mistake, not the operator's concern at INFO.
+        log.debug(
+            "%s: /api/turn answered 400: %s",
+            client_ip(),
+            reason,
+            extra={"client": client_ip(), "endpoint": "/api/turn", "status": 400},
+        )
 
     @app.after_request
     def headers(response: Response) -> Response:
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
+        if request.path in ("/healthz", "/readyz", "/metrics", "/status", "/status.json"):
+            response.headers["Cache-Control"] = "no-store"  # a probe must see the present
         if request.path == "/api/turn":
             # The web app may be hosted on another origin (docs/protocol.md §9).
             response.headers["Access-Control-Allow-Origin"] = "*"
@@ -201,23 +245,110 @@ def create_app(
             body = request.get_json(silent=True)
             if isinstance(body, dict):
                 values.update((k, v) for k, v in body.items() if isinstance(v, str))
+        settings = current()  # one config for the whole answer, even across a reload
         service = values.get("service")
         if service != "turn":
+            refuse_400("service must be 'turn'")
             return jsonify(error="service must be 'turn'"), 400
         try:
             cred = make_credential(
-                config.turn.secret, values.get("username") or "", clock(), config.turn.ttl
+                settings.turn.secret, values.get("username") or "", clock(), settings.turn.ttl
             )
         except CredentialError as err:
+            refuse_400(str(err))
             return jsonify(error=str(err)), 400
+        monitor.credentials_issued += 1
         return jsonify(
             username=cred.username,
             password=cred.password,
             ttl=cred.ttl,
             uris=turn_uris(
-                config, request.host, turn_families, _family(client_ip().split("%")[0]) or 4
+                settings, request.host, turn_families, _family(client_ip().split("%")[0]) or 4
             ),
         )
+
+    # Health probes: no rate limit, no [metrics] protection (load balancers must reach them).
+    @app.route("/healthz")
+    def healthz() -> Response:
+        return jsonify(status="ok", version=__version__, worker=monitor.worker)
+
+    @app.route("/readyz")
+    def readyz() -> tuple[Response, int]:
+        checks = monitor.readiness()
+        down = [name for name, state in checks.items() if state != "up"]
+        status = "ready" if not down else "unavailable"
+        body = jsonify(status=status, down=down, checks=checks, worker=monitor.worker)
+        return body, 503 if down else 200
+
+    def metrics_refusal(*, token_in_query: bool = False, token: bool = True) -> Response | None:
+        """None when this request may read /metrics, else the 403 or 401 answer.
+        ``token_in_query``: ``?token=`` counts too (the status page, which a browser opens
+        with no header of its own); ``token``: the token is asked for at all (not for the
+        page's script and style, which carry no numbers)."""
+        if metrics_allow:
+            try:
+                address = ipaddress.ip_address(client_ip().split("%")[0])
+            except ValueError:
+                address = None
+            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+                address = address.ipv4_mapped
+            if address is None or not any(address in net for net in metrics_allow):
+                return Response(
+                    "address not allowed ([metrics] allow)\n", 403, mimetype="text/plain"
+                )
+        if metrics_token and token:
+            scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+            given = value.strip().encode()
+            if token_in_query and not value:
+                scheme, given = "bearer", request.args.get("token", "").encode()
+            # compare_digest: the time taken does not tell how much of a guess was right.
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given, metrics_token):
+                response = Response("bearer token required\n", 401, mimetype="text/plain")
+                response.headers["WWW-Authenticate"] = 'Bearer realm="flaskrtc metrics"'
+                return response
+        return None
+
+    @app.route("/metrics")
+    def metrics_page() -> Response:
+        if not metrics.enabled:
+            raise NotFound()
+        refused = metrics_refusal()
+        if refused is not None:
+            return refused
+        return Response(monitor.exposition(), 200, content_type=CONTENT_TYPE)
+
+    # The status page: the same protection as /metrics (see metrics_refusal).
+    @app.route("/status")
+    def status_page() -> Response:
+        if not metrics.enabled:
+            raise NotFound()
+        refused = metrics_refusal(token_in_query=True)
+        if refused is not None:
+            return refused
+        return Response(STATUS_HTML, 200, mimetype="text/html")
+
+    @app.route("/status/<name>")
+    def status_asset(name: str) -> Response:
+        assets = {
+            "status.js": (STATUS_JS, "text/javascript"),
+            "status.css": (STATUS_CSS, "text/css"),
+        }
+        if not metrics.enabled or name not in assets:
+            raise NotFound()
+        refused = metrics_refusal(token=False)
+        if refused is not None:
+            return refused
+        text, mimetype = assets[name]
+        return Response(text, 200, mimetype=mimetype)
+
+    @app.route("/status.json")
+    def status_json() -> Response:
+        if not metrics.enabled:
+            raise NotFound()
+        refused = metrics_refusal()
+        if refused is not None:
+            return refused
+        return jsonify(monitor.status(clock()))
 
     @app.route("/ws", websocket=True)
     def ws() -> Response:
@@ -229,7 +360,7 @@ def create_app(
         refused = check_token("/ws")
         if refused is not None:
             signal.serve(transport, refusal=f"unauthorized: {refused}")
-        elif secret:
+        elif current().auth.secret:
             signal.serve(transport, peer_id=request.args.get("id", ""))
         else:
             signal.serve(transport)

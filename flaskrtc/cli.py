@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from flaskrtc import __version__
 from flaskrtc.config import (
     DEFAULT_CONFIG_PATH,
     SECRET_FILE_NAME,
+    Config,
     ConfigError,
     ensure_turn_secret,
     load_config,
@@ -88,9 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_PRECEDENCE + " Commands: 'flaskrtc doctor [flags]' checks the setup "
         "(flaskrtc doctor --help); 'flaskrtc token ID --ttl 3600' prints an access token "
         "when [auth] secret is set (flaskrtc token --help); 'flaskrtc config -o "
-        "configs/config.ini' writes the commented config template (flaskrtc config --help).",
+        "configs/config.ini' writes the commented config template (flaskrtc config --help); "
+        "'flaskrtc reload --pid-file PATH' makes a running server read its config again "
+        "(SIGHUP; flaskrtc reload --help).",
     )
     _add_config_flags(parser)
+    parser.add_argument(
+        "--pid-file",
+        metavar="PATH",
+        help="write the server's process id to PATH while it runs (for 'flaskrtc reload')",
+    )
     parser.add_argument("--version", action="version", version=f"flaskrtc {__version__}")
     # Given by the parent of [general] workers to each worker; not for people.
     parser.add_argument("--worker", metavar="I/N", help=argparse.SUPPRESS)
@@ -310,12 +319,92 @@ def config_command(argv: list[str]) -> int:
     return 0
 
 
+def build_reload_parser() -> argparse.ArgumentParser:
+    """The command-line parser of ``flaskrtc reload``."""
+    parser = argparse.ArgumentParser(
+        prog="flaskrtc reload",
+        description="Make a running flaskrtc read its config again, without dropping a call: "
+        "it sends the server SIGHUP (as 'kill -HUP PID' or 'systemctl reload' would). The "
+        "server's log says what was reloaded and which changed keys need a restart. "
+        "Windows has no SIGHUP: there, restart the server to apply a changed config.",
+        epilog="Exit status: 0 when the signal was sent (the server's log has the outcome); "
+        "2 when there is no such process, the pid file cannot be read, or on Windows.",
+    )
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--pid", metavar="PID", type=int, help="the server's process id")
+    which.add_argument(
+        "--pid-file",
+        metavar="PATH",
+        help="the file the server was started with (flaskrtc --pid-file PATH)",
+    )
+    return parser
+
+
+def reload_command(argv: list[str]) -> int:
+    """``flaskrtc reload --pid PID | --pid-file PATH``: SIGHUP to a running server."""
+    args = _parse(build_reload_parser(), argv)
+    if isinstance(args, int):
+        return args
+    hangup = getattr(signal, "SIGHUP", None)
+    if hangup is None:
+        print(
+            "flaskrtc reload: this OS (Windows) has no SIGHUP: restart the server to apply "
+            "a changed config",
+            file=sys.stderr,
+        )
+        return 2
+    pid = args.pid
+    if args.pid_file is not None:
+        try:
+            text = Path(args.pid_file).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError) as err:
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            print(f"flaskrtc reload: cannot read {args.pid_file}: {reason}", file=sys.stderr)
+            return 2
+        if not text.isdigit():
+            print(f"flaskrtc reload: {args.pid_file} holds no process id", file=sys.stderr)
+            return 2
+        pid = int(text)
+    if pid <= 0:  # 0 and negative pids signal process groups: never that
+        print(f"flaskrtc reload: not a process id: {pid}", file=sys.stderr)
+        return 2
+    try:
+        os.kill(pid, hangup)
+    except OSError as err:
+        print(f"flaskrtc reload: pid {pid}: {err.strerror or err}", file=sys.stderr)
+        return 2
+    print(f"sent SIGHUP to pid {pid}: its log says what was reloaded")
+    return 0
+
+
 # Subcommands: ``flaskrtc NAME [flags]`` calls COMMANDS[NAME](flags) for its exit status.
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "doctor": doctor,
     "token": token,
     "config": config_command,
+    "reload": reload_command,
 }
+
+
+class _PidFile:
+    """The server's pid in a file while it runs (removed at exit, if still ours)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = Path(path) if path else None
+
+    def __enter__(self) -> _PidFile:
+        if self.path is not None:
+            self.path.write_text(f"{os.getpid()}\n", encoding="ascii")
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.path is None:
+            return
+        try:
+            if self.path.read_text(encoding="ascii").strip() == str(os.getpid()):
+                self.path.unlink()
+        except OSError:
+            pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -326,6 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(build_parser(), argv)
     if isinstance(args, int):
         return args
+    hangup = getattr(signal, "SIGHUP", None)
+    if hangup is not None:
+        # Until the server has set its reload handler, a SIGHUP (systemctl reload right
+        # after the start) would kill it: ignored now, handled once it serves.
+        signal.signal(hangup, signal.SIG_IGN)
     overrides = _overrides(args)
     role = None
     try:
@@ -342,11 +436,30 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as err:
                 raise ConfigError("--worker", args.worker, str(err)) from None
         config = load_config(args.config, os.environ, overrides)
-        setup_logging(config.log_level, tag=f"w{role.index}" if role else "")
+        setup_logging(
+            config.log_level,
+            tag=f"w{role.index}" if role else "",
+            log_format=config.general.log_format,
+            worker=role.index if role else None,
+        )
         config, generated = ensure_turn_secret(config)
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2
+    if role is not None:
+        from flaskrtc.workers import worker_share
+
+        config = worker_share(config, role.count)
+
+    def reload_config() -> Config:
+        """The config from the same sources as now (SIGHUP); ConfigError if bad."""
+        fresh, _ = ensure_turn_secret(load_config(args.config, os.environ, overrides))
+        if role is not None:
+            from flaskrtc.workers import worker_share
+
+            fresh = worker_share(fresh, role.count)
+        return fresh
+
     if config.config_path is not None:
         log.info("config: %s", config.config_path)
     else:
@@ -354,10 +467,12 @@ def main(argv: list[str] | None = None) -> int:
     if generated:
         log.info("generated a TURN secret and saved it in %s", config.config_dir / SECRET_FILE_NAME)
 
-    if role is None and config.general.workers > 1:
-        from flaskrtc.workers import supervise
+    # Workers get the parent's flags: only the parent writes the pid file.
+    with _PidFile(args.pid_file if role is None else None):
+        if role is None and config.general.workers > 1:
+            from flaskrtc.workers import supervise
 
-        return supervise(config, argv)
-    from flaskrtc.server import run  # imported late: it pulls in gevent, Flask and the app
+            return supervise(config, argv, reload_config)
+        from flaskrtc.server import run  # imported late: it pulls in gevent, Flask and the app
 
-    return run(config, role)
+        return run(config, role, reload_config)

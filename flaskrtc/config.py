@@ -27,6 +27,7 @@ DEFAULT_CONFIG_DIR = Path("configs")
 SECRET_FILE_NAME = "turn_secret"
 ENV_PREFIX = "FLASKRTC_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,10 @@ class GeneralConfig:
     max_connections_per_ip: int = 100  # per client IP, 0 = unlimited
     rate_limit: float = 20.0  # /api/turn and /ws requests per second per IP (burst 2x), 0 = off
     workers: int = 1  # processes sharing the ports (SO_REUSEPORT, Linux); "auto" = CPU count
+    log_format: str = "text"  # "text" (human, fail2ban) or "json" (one object per line)
+    # CIDRs of reverse proxies whose Forwarded / X-Forwarded-For headers name the client;
+    # empty: trust nobody, the TCP peer is the client.
+    trusted_proxies: tuple[str, ...] = ()
 
     @property
     def effective_idle_timeout(self) -> float:
@@ -104,6 +109,20 @@ class ClusterConfig:
         return 3 * self.heartbeat
 
 
+# Loopback only: a scraper on the host itself; anything else must be allowed by name.
+DEFAULT_METRICS_ALLOW = ("127.0.0.0/8", "::1/128")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: the Prometheus endpoint /metrics (off by default; /healthz and
+    /readyz are always served)."""
+
+    enabled: bool = False  # false: /metrics answers 404
+    allow: tuple[str, ...] = DEFAULT_METRICS_ALLOW  # client CIDRs; empty: any address
+    token: str = ""  # set: /metrics needs "Authorization: Bearer <token>"
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole, validated configuration."""
@@ -115,6 +134,7 @@ class Config:
     config_dir: Path = Path("configs")  # where generated files (secret) go
     auth: AuthConfig = AuthConfig()  # optional tokens; off by default
     cluster: ClusterConfig = ClusterConfig()  # off (no Redis) by default
+    metrics: MetricsConfig = MetricsConfig()  # /metrics off by default
 
 
 class ConfigError(Exception):
@@ -430,11 +450,34 @@ def _heartbeat(text: str) -> float:
     return value
 
 
+def _metrics_allow(text: str) -> tuple[str, ...]:
+    """``[metrics] allow``: CIDRs as for the peer lists; empty means any address (then a
+    token should guard /metrics)."""
+    return _networks(text)
+
+
+def _metrics_token(text: str) -> str:
+    text = text.strip()
+    # It is compared whole (hmac.compare_digest), but a short one is guessed online.
+    if text and len(text) < 16:
+        raise ValueError("empty (no token) or a token of at least 16 characters")
+    if any(ord(char) < 33 or ord(char) > 126 for char in text):
+        raise ValueError("printable ASCII without spaces (it is sent in an HTTP header)")
+    return text
+
+
 def _log_level(text: str) -> str:
     level = text.strip().upper()
     if level not in LOG_LEVELS:
         raise ValueError("one of " + ", ".join(LOG_LEVELS) + " (any case)")
     return level
+
+
+def _log_format(text: str) -> str:
+    word = text.strip().lower()
+    if word not in LOG_FORMATS:
+        raise ValueError("one of " + ", ".join(LOG_FORMATS))
+    return word
 
 
 # Every key a file, the environment or an override may set: "section.name" -> parser.
@@ -454,6 +497,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "general.rate_limit": _rate,
     "general.log_level": _log_level,
     "general.workers": _workers,
+    "general.log_format": _log_format,
+    "general.trusted_proxies": _networks,
     "turn.public_ip": _public_ip,
     "turn.port": _port,
     "turn.tls_port": _port,
@@ -481,19 +526,26 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "auth.secret": _auth_secret,
     "cluster.redis_url": _redis_url,
     "cluster.heartbeat": _heartbeat,
+    "metrics.enabled": _bool,
+    "metrics.allow": _metrics_allow,
+    "metrics.token": _metrics_token,
 }
-_SECTIONS = ("general", "turn", "auth", "cluster")
+_SECTIONS = ("general", "turn", "auth", "cluster", "metrics")
 # How a value is shown in an error, for keys that hold secrets.
 _MASKS: dict[str, Callable[[str], str]] = {
     "turn.users": _mask_users,
     "auth.secret": lambda text: "***",
     "cluster.redis_url": _mask_url,
+    "metrics.token": lambda text: "***",
 }
 # (lower key, upper key): the lower value must not exceed the upper one.
 _ORDERED = (
     ("turn.min_port", "turn.max_port"),
     ("turn.default_lifetime", "turn.max_lifetime"),
 )
+
+
+_SECTION_NAMES = "[general], [turn], [auth], [cluster] or [metrics]"
 
 
 def _env_name(key: str) -> str:
@@ -530,15 +582,16 @@ def _read_file(path: Path) -> _Raw:
         raise ConfigError(
             "config",
             source,
-            f"an INI file with [general], [turn], [auth], [cluster] ({_ini_problem(err)})",
+            "an INI file with [general], [turn], [auth], [cluster], [metrics] "
+            f"({_ini_problem(err)})",
         ) from None
     if parser.defaults():
         # [DEFAULT] keys leak into every section; nothing here wants that.
-        raise ConfigError("section", "DEFAULT", "[general], [turn], [auth] or [cluster]", source)
+        raise ConfigError("section", "DEFAULT", _SECTION_NAMES, source)
     values: _Raw = {}
     for section in parser.sections():
         if section not in _SECTIONS:
-            raise ConfigError("section", section, "[general], [turn], [auth] or [cluster]", source)
+            raise ConfigError("section", section, _SECTION_NAMES, source)
         for name, value in parser.items(section):
             key = f"{section}.{name}"
             if key not in _PARSERS:
@@ -563,7 +616,7 @@ def _read_environ(environ: Mapping[str, str]) -> _Raw:
             raise ConfigError(
                 name,
                 environ[name],
-                "a known FLASKRTC_GENERAL_*, _TURN_*, _AUTH_* or _CLUSTER_* name",
+                "a known FLASKRTC_GENERAL_*, _TURN_*, _AUTH_*, _CLUSTER_* or _METRICS_* name",
             )
     return values
 
@@ -685,6 +738,7 @@ def load_config(
         turn=TurnConfig(**section("turn")),
         auth=AuthConfig(**section("auth")),
         cluster=ClusterConfig(**section("cluster")),
+        metrics=MetricsConfig(**section("metrics")),
         log_level=parsed.get("general.log_level", "INFO"),
         config_path=config_path,
         config_dir=config_path.parent if config_path is not None else DEFAULT_CONFIG_DIR,

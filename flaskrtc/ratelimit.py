@@ -146,12 +146,13 @@ class ConnectionLimits:
         """Live connections from ``ip``."""
         return self._per_ip.get(ip, 0)
 
-    def admit(self, ip: str) -> Refusal | None:
-        """Take a slot for a connection from ``ip``; a :class:`Refusal` if a cap is reached."""
+    def admit(self, ip: str, *, per_ip: bool = True) -> Refusal | None:
+        """Take a slot for a connection from ``ip``; a :class:`Refusal` if a cap is reached.
+        ``per_ip`` False: only the total cap applies (the connection is still counted)."""
         if self.max_total and self.total >= self.max_total:
             return Refusal("max_connections", self.max_total)
         held = self._per_ip.get(ip, 0)
-        if self.max_per_ip and held >= self.max_per_ip:
+        if per_ip and self.max_per_ip and held >= self.max_per_ip:
             return Refusal("max_connections_per_ip", self.max_per_ip)
         self.total += 1
         self._per_ip[ip] = held + 1

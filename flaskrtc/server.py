@@ -9,7 +9,7 @@ import signal as stdsignal
 import socket
 import ssl
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,14 @@ from gevent.pywsgi import WSGIServer
 
 from flaskrtc import __version__
 from flaskrtc.app import create_app
-from flaskrtc.config import Config, public_ips
+from flaskrtc.config import Config, ConfigError, TurnConfig, public_ips
+from flaskrtc.forwarded import TrustedProxies
+from flaskrtc.log import route_gevent_errors, set_level
+from flaskrtc.metrics import Monitor
 from flaskrtc.ratelimit import ConnectionLimits, LogThrottle, RateLimiter
+from flaskrtc.reload import changed, merge, restart_needed
 from flaskrtc.signal.server import SignalingHandler, SignalServer, unmapped
-from flaskrtc.tls import HandshakeGuard, ensure_certificate, make_ssl_context
+from flaskrtc.tls import HandshakeGuard, ensure_certificate, fingerprint, make_ssl_context
 from flaskrtc.turn.addressing import is_wildcard, url_host
 from flaskrtc.turn.auth import Credentials, Nonces
 from flaskrtc.turn.core import Limits, TurnCore
@@ -40,6 +44,8 @@ from flaskrtc.turn.siblings import RelayTable, SiblingRelays
 from flaskrtc.workers import WorkerRole
 
 log = logging.getLogger("flaskrtc.server")
+# How often the status page's history is looked at (a sample is kept every SAMPLE_SECONDS).
+STATUS_TICK = 2.0
 http_log = logging.getLogger("flaskrtc.http")
 
 
@@ -106,6 +112,31 @@ def _ssl_context(config: Config) -> ssl.SSLContext | None:
         raise StartupError(f"TLS certificate {cert} / key {key}: {err}") from err
 
 
+def turn_limits(turn: TurnConfig) -> Limits:
+    """The TURN core's quotas and limits for ``[turn]``."""
+    return Limits(
+        default_lifetime=turn.default_lifetime,
+        max_lifetime=turn.max_lifetime,
+        user_quota=turn.user_quota,
+        ip_quota=turn.ip_quota,
+        total_quota=turn.total_quota,
+        max_permissions=turn.max_permissions,
+        max_channels=turn.max_channels,
+        unauth_rate=turn.unauth_rate,
+        unauth_burst=turn.unauth_burst,
+    )
+
+
+def peer_policy(turn: TurnConfig) -> PeerPolicy:
+    """The TURN core's peer address rules for ``[turn]``."""
+    return PeerPolicy(denied=turn.denied_peer_ip, allowed=turn.allowed_peer_ip)
+
+
+def turn_credentials(turn: TurnConfig) -> Credentials:
+    """The TURN core's credential checks for ``[turn]`` (the REST secret, static users)."""
+    return Credentials(turn.realm, turn.secret, dict(turn.users))
+
+
 def prepare_files(config: Config) -> None:
     """Make what the server writes on start (the self-signed certificate) now: the parent
     of several workers does, before any of them reads it."""
@@ -128,21 +159,11 @@ def build_turn(
     )
     core = TurnCore(
         ports=ports,
-        credentials=Credentials(turn.realm, turn.secret, dict(turn.users)),
+        credentials=turn_credentials(turn),
         # Derived from the shared secret: servers sharing it accept each other's nonces.
         nonces=Nonces(hmac.new(turn.secret.encode(), b"flaskrtc nonce", "sha256").digest()),
-        policy=PeerPolicy(denied=turn.denied_peer_ip, allowed=turn.allowed_peer_ip),
-        limits=Limits(
-            default_lifetime=turn.default_lifetime,
-            max_lifetime=turn.max_lifetime,
-            user_quota=turn.user_quota,
-            ip_quota=turn.ip_quota,
-            total_quota=turn.total_quota,
-            max_permissions=turn.max_permissions,
-            max_channels=turn.max_channels,
-            unauth_rate=turn.unauth_rate,
-            unauth_burst=turn.unauth_burst,
-        ),
+        policy=peer_policy(turn),
+        limits=turn_limits(turn),
         # Peers at the host's own addresses are the host itself: denied, except its relays.
         host_addresses=addressing.host_addresses(),
         sibling_relays=siblings,
@@ -181,11 +202,21 @@ class ConnectionCap:
     """
 
     limits: ConnectionLimits | None = None  # None: no caps
+    # Proxies whose headers name the client. Here, at accept time, no header has been read:
+    # a trusted proxy's connections count against max_connections only, not against the
+    # per-IP cap (every client behind it shares its address); the per-client cap is applied
+    # to their WebSocket sessions once the request is parsed (SignalingHandler).
+    trusted_proxies: TrustedProxies = TrustedProxies()
     _refused: dict[str, LogThrottle] | None = None  # a log throttle per cap
 
     def do_handle(self, client_socket: Any, address: Any) -> Any:
         """Admit the connection (then handle it as gevent does) or close it."""
-        refusal = None if self.limits is None else self.limits.admit(_ip(address))
+        ip = _ip(address)
+        refusal = (
+            None
+            if self.limits is None
+            else self.limits.admit(ip, per_ip=not self.trusted_proxies.trusts(ip))
+        )
         if refusal is None:
             return super().do_handle(client_socket, address)  # type: ignore[misc]
         client_socket.close()
@@ -195,7 +226,13 @@ class ConnectionCap:
         quiet = throttle.ready(time.monotonic())
         if quiet is not None:
             more = f"; {quiet} more refused since the last such line" if quiet else ""
-            log.warning("refused a connection from %s: %s%s", _ip(address), refusal, more)
+            log.warning(
+                "refused a connection from %s: %s%s",
+                ip,
+                refusal,
+                more,
+                extra={"client": ip, "cap": refusal.cap},
+            )
         return None
 
     def do_close(self, client_socket: Any, address: Any) -> None:
@@ -215,6 +252,9 @@ def _ip(address: Any) -> str:
 class _WSGIServer(ConnectionCap, HandshakeGuard, WSGIServer):  # type: ignore[misc]
     """gevent's WSGI server with connection caps and guarded TLS handshakes."""
 
+    rate_gates: list[RequestGate]  # /api/turn's and /ws's: a reload hands them a new limiter
+    monitor: Monitor | None = None  # what /readyz and /metrics read (set by build_server)
+
 
 def bind_http_socket(bind: str, port: int, reuse_port: bool = False) -> Any:
     """The HTTP(S) listener for ``[general] bind``: ``::`` is one dual-stack socket (IPv6
@@ -227,28 +267,33 @@ def bind_http_socket(bind: str, port: int, reuse_port: bool = False) -> Any:
     return bound_socket(socket.SOCK_STREAM, host, port, v6only, reuse_port)
 
 
-def request_gate(limiter: RateLimiter, endpoint: str) -> Any:
+class RequestGate:
     """``gate(ip)``: 0 if a request from ``ip`` to ``endpoint`` may go on, else the seconds
-    it must wait (then also logged: one WARNING line per endpoint and 10 s at most)."""
-    throttle = LogThrottle(10.0)
+    it must wait (then also logged: one WARNING line per endpoint and 10 s at most).
+    ``limiter`` is replaced, not changed, by a reload."""
 
-    def gate(ip: str) -> float:
+    def __init__(self, limiter: RateLimiter, endpoint: str) -> None:
+        self.limiter = limiter
+        self.endpoint = endpoint
+        self.throttle = LogThrottle(10.0)
+
+    def __call__(self, ip: str) -> float:
         now = time.monotonic()
-        wait = limiter.check((endpoint, ip), now)
+        limiter = self.limiter
+        wait = limiter.check((self.endpoint, ip), now)
         if wait:
-            quiet = throttle.ready(now)
+            quiet = self.throttle.ready(now)
             if quiet is not None:
                 more = f"; {quiet} more since the last such line" if quiet else ""
                 http_log.warning(
                     "%s: %s over [general] rate_limit = %g/s, answered 429%s",
                     ip,
-                    endpoint,
+                    self.endpoint,
                     limiter.rate,
                     more,
+                    extra={"client": ip, "endpoint": self.endpoint, "status": 429},
                 )
         return wait
-
-    return gate
 
 
 def build_server(
@@ -256,10 +301,14 @@ def build_server(
     ssl_context: ssl.SSLContext | None,
     turn_families: Collection[int] = (4, 6),
     role: WorkerRole | None = None,
-) -> tuple[WSGIServer, SignalServer]:
+    live: Callable[[], Config] | None = None,
+    turn: TurnServer | None = None,
+) -> tuple[_WSGIServer, SignalServer]:
     """Create (not start) the HTTP(S) server and the signaling server for ``config``;
     ``turn_families``: the address families the TURN server listens on; ``role``: a worker
-    among several, whose listener the parent bound."""
+    among several, whose listener the parent bound; ``live()``: the config now, which a
+    reload replaces (for the app's per-request settings); ``turn``: the TURN server, for
+    /readyz and /metrics (the server's ``monitor`` holds them all)."""
     general = config.general
     signal = SignalServer(
         keepalive=general.keepalive,
@@ -269,11 +318,20 @@ def build_server(
     # One limiter for both endpoints, with a bucket per (endpoint, IP): a burst of
     # /api/turn requests (the connection check makes four) never blocks a reconnect.
     limiter = RateLimiter(general.rate_limit)
+    gates = [RequestGate(limiter, "/api/turn"), RequestGate(limiter, "/ws")]
+    monitor = Monitor(
+        signal,
+        worker=f"{role.index}/{role.count}" if role is not None else "1/1",
+        cluster_required=bool(config.cluster.redis_url),
+    )
+    monitor.turn = turn
     app = create_app(
         config,
         signal,
-        rate_gate=request_gate(limiter, "/api/turn"),
+        rate_gate=gates[0],
         turn_families=turn_families,
+        live=live,
+        monitor=monitor,
     )
     kwargs: dict[str, Any] = {}
     if general.tls:
@@ -294,8 +352,16 @@ def build_server(
         **kwargs,
     )
     server.limits = ConnectionLimits(general.max_connections, general.max_connections_per_ip)
-    if limiter.enabled:
-        server.upgrade_gate = request_gate(limiter, "/ws")
+    server.trusted_proxies = TrustedProxies(general.trusted_proxies)
+    if server.trusted_proxies and general.max_connections_per_ip:
+        # Forwarded clients' WebSocket sessions, per client address (see ConnectionCap).
+        server.ws_limits = ConnectionLimits(0, general.max_connections_per_ip)
+    # Always set, even with the limit off (a disabled limiter answers at once): a reload
+    # may turn it on.
+    server.upgrade_gate = gates[1]
+    server.rate_gates = gates
+    server.monitor = monitor
+    monitor.http = server
     return server, signal
 
 
@@ -311,11 +377,127 @@ def start_cluster(config: Config, signal: SignalServer) -> Any:
     return cluster
 
 
-def run(config: Config, role: WorkerRole | None = None) -> int:
+class Reloader:
+    """SIGHUP: read the config again (as at start-up) and apply what can change without
+    dropping a connection (:data:`flaskrtc.reload.RELOADABLE`); name the rest in a warning.
+
+    All or nothing: the new config and the certificate are read and checked first, and
+    only when both are good is anything applied. Each part that uses a setting gets a new
+    object (a Limits, a PeerPolicy, an SSLContext, a RateLimiter, the app's config); no
+    WebSocket, TURN allocation or TLS connection is closed.
+    """
+
+    def __init__(
+        self,
+        load: Callable[[], Config],
+        started: Config,
+        running: Config,
+        *,
+        http: _WSGIServer,
+        turn: TurnServer,
+    ) -> None:
+        """``load()``: the config from its sources, as at start-up; ``started``: what it
+        gave then; ``running``: what runs (the ports really bound filled in)."""
+        self.load = load
+        self.started = started
+        self.running = running
+        self.http = http
+        self.turn = turn
+        self.fingerprint = ""  # of the certificate in use, for the log line
+
+    def tls_servers(self) -> list[HandshakeGuard]:
+        """The listeners whose handshakes use the certificate."""
+        servers: list[HandshakeGuard] = [self.http] if self.running.general.tls else []
+        return servers + self.turn.tls_servers()
+
+    def reload(self) -> bool:
+        """Reload; True if the new settings were applied. Never raises: a failure is logged
+        and everything keeps running as it was."""
+        try:
+            return self._reload()
+        except Exception:  # a bug here must not take the server down
+            log.exception("reload failed: nothing changed, the old settings stay")
+            return False
+
+    def _reload(self) -> bool:
+        try:
+            new = self.load()
+        except ConfigError as err:
+            log.error("reload: %s: nothing reloaded, the old settings stay", err)
+            return False
+        merged = merge(self.running, new)
+        # Everything that can fail comes before anything is applied.
+        context, printed = None, ""
+        servers = self.tls_servers()
+        if servers:
+            cert, key = Path(merged.general.cert), Path(merged.general.key)
+            try:
+                context = make_ssl_context(cert, key, gevent.ssl.SSLContext)
+                printed = fingerprint(cert)
+            except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
+                log.error(
+                    "reload: TLS certificate %s / key %s: %s: nothing reloaded, the old "
+                    "certificate and settings stay",
+                    cert,
+                    key,
+                    err,
+                )
+                return False
+        limits, policy = turn_limits(merged.turn), peer_policy(merged.turn)
+        credentials = turn_credentials(merged.turn)
+        restart = restart_needed(self.started, new)
+        if restart:
+            log.warning(
+                "reload: these keys need a restart: %s (not applied; they keep their "
+                "running values)",
+                ", ".join(restart),
+            )
+        applied = changed(self.running, merged)
+        set_level(merged.log_level)
+        for server in servers:
+            if context is not None:
+                server.use_context(context)
+        self.turn.core.configure(limits=limits, policy=policy, credentials=credentials)
+        if merged.general.rate_limit != self.running.general.rate_limit:
+            limiter = RateLimiter(merged.general.rate_limit)
+            for gate in self.http.rate_gates:
+                gate.limiter = limiter
+        self.running = merged
+        parts = []
+        if context is not None:
+            state = "unchanged" if printed == self.fingerprint else "new"
+            parts.append(f"certificate {merged.general.cert} (sha256 {printed}, {state})")
+            self.fingerprint = printed
+        parts.append("settings changed: " + ", ".join(applied) if applied else "no setting changed")
+        log.info("reload: done: %s", "; ".join(parts))
+        return True
+
+
+def _sample_status(monitor: Monitor, stop: gevent.event.Event) -> None:
+    """The status page's history: a sample every few seconds until ``stop``."""
+    while not stop.wait(STATUS_TICK):
+        monitor.sample(time.time())
+
+
+def run(
+    config: Config,
+    role: WorkerRole | None = None,
+    reload_config: Callable[[], Config] | None = None,
+) -> int:
     """Serve until SIGINT/SIGTERM; then close every peer with 1001 and release sockets.
-    ``role``: this process is one worker of several (flaskrtc.workers)."""
+    ``role``: this process is one worker of several (flaskrtc.workers). ``reload_config()``:
+    the config read again from its sources; with it, SIGHUP reloads (:class:`Reloader`)."""
     _raise_fd_limit()
+    if config.general.log_format == "json":
+        route_gevent_errors()  # a failed greenlet's traceback as a JSON line too
     turn: TurnServer | None = None
+    started = config
+    reloader: Reloader | None = None
+
+    def live() -> Config:
+        # What the app reads on each request: the reloaded config once there is one.
+        return reloader.running if reloader is not None else config
+
     try:
         ssl_context = _ssl_context(config)
         turn = build_turn(config, ssl_context, role)
@@ -326,14 +508,28 @@ def run(config: Config, role: WorkerRole | None = None) -> int:
             config,
             turn=dataclasses.replace(config.turn, port=turn.udp_address[1], tls_port=tls_port),
         )
-        server, signal = build_server(config, ssl_context, sorted(turn.families), role=role)
+        server, signal = build_server(
+            config, ssl_context, sorted(turn.families), role=role, live=live, turn=turn
+        )
     except StartupError as err:
         if turn is not None:
             turn.stop()
         log.error("%s", err)
         return 1
     cluster = start_cluster(config, signal)
+    if server.monitor is not None:
+        server.monitor.cluster = cluster
     server.start()
+    if reload_config is not None and hasattr(stdsignal, "SIGHUP"):  # Windows has none
+        reloader = Reloader(reload_config, started, config, http=server, turn=turn)
+        if ssl_context is not None:
+            try:
+                reloader.fingerprint = fingerprint(Path(config.general.cert))
+            except (OSError, ValueError):
+                pass  # only for the log line: "new" on the first reload
+        # gevent runs the handler in a greenlet of its own, between two others: no lock.
+        # Set before the banner: once the log says it listens, a SIGHUP is not lost.
+        gevent.signal_handler(stdsignal.SIGHUP, reloader.reload)
     host, port = server.socket.getsockname()[:2]
     scheme = "https" if config.general.tls else "http"
     for line in banner(config, scheme, host, port):
@@ -352,7 +548,12 @@ def run(config: Config, role: WorkerRole | None = None) -> int:
     stop = gevent.event.Event()
     for signum in (stdsignal.SIGINT, stdsignal.SIGTERM):
         gevent.signal_handler(signum, stop.set)
+    sampler = None
+    if config.metrics.enabled and server.monitor is not None:
+        sampler = gevent.spawn(_sample_status, server.monitor, stop)
     stop.wait()
+    if sampler is not None:
+        sampler.kill(block=False)
     log.info("shutting down: closing %d connection(s)", len(signal.conns))
     signal.shutdown()
     if cluster is not None:

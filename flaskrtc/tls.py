@@ -158,6 +158,12 @@ def make_ssl_context(
     return context
 
 
+def fingerprint(cert_path: Path) -> str:
+    """The SHA-256 fingerprint of the (first) certificate in a PEM file, hex with colons."""
+    cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
 _handshake_log = logging.getLogger("flaskrtc.tls")
 
 
@@ -174,6 +180,12 @@ class HandshakeGuard:
     wrap_socket: Any
     ssl_args: Any
     handle: Any
+
+    def use_context(self, context: ssl.SSLContext) -> None:
+        """Handshake new connections with ``context`` (a reloaded certificate); connections
+        already made keep theirs. One attribute swap: a handshake sees the old context or
+        the new one, never half of each."""
+        self.wrap_socket = context.wrap_socket
 
     def wrap_socket_and_handle(self, client_socket: Any, address: Any) -> Any:
         """Handshake with a deadline, then hand the TLS socket to ``handle``."""

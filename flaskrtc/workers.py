@@ -18,8 +18,10 @@ nothing; it
   workers, and a client whose allocations land unevenly may meet its share first);
 - restarts a worker that exits (after 1 s, doubling to 30 s while it keeps dying within 10 s
   of its start), and on SIGTERM or SIGINT sends SIGTERM to every worker, waits for them
-  (10 s, then SIGKILL) and exits 0. A worker's peers leave when it dies: the cluster notices
-  its missing heartbeat (:mod:`flaskrtc.signal.cluster`).
+  (10 s, then SIGKILL) and exits 0. On SIGHUP it reads the config again (for the keys only
+  it can see: the ports and the relay range it hands out, ``workers``; and its log level)
+  and sends SIGHUP on to every worker, each of which reloads itself. A worker's peers leave
+  when it dies: the cluster notices its missing heartbeat (:mod:`flaskrtc.signal.cluster`).
 
 The pure parts (:func:`port_shares`, :func:`worker_settings`, :class:`Supervisor` with fake
 children) are tested without processes.
@@ -27,6 +29,7 @@ children) are tested without processes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal as stdsignal
@@ -109,9 +112,21 @@ def _share(quota: int, count: int) -> int:
     return 0 if quota == 0 else max(1, quota // count)
 
 
+# The keys worker_settings sets for each worker (so a worker's reload never sees them
+# change): the parent alone says when they need a restart.
+PARENT_KEYS = (
+    "general.port",
+    "general.workers",
+    "turn.port",
+    "turn.tls_port",
+    "turn.min_port",
+    "turn.max_port",
+)
+
+
 def worker_settings(config: Config, ports: Mapping[str, int]) -> list[dict[str, str]]:
     """The settings (``section.key`` -> value) each worker is started with, beyond the
-    config itself: the ports the parent picked, its relay port share, its quota share."""
+    config itself: the ports the parent picked and its relay port share."""
     turn, count = config.turn, config.general.workers
     settings = []
     for low, high in port_shares(turn.min_port, turn.max_port, count):
@@ -122,12 +137,23 @@ def worker_settings(config: Config, ports: Mapping[str, int]) -> list[dict[str, 
                 "general.workers": "1",
                 "turn.min_port": str(low),
                 "turn.max_port": str(high),
-                "turn.user_quota": str(_share(turn.user_quota, count)),
-                "turn.ip_quota": str(_share(turn.ip_quota, count)),
-                "turn.total_quota": str(_share(turn.total_quota, count)),
             }
         )
     return settings
+
+
+def worker_share(config: Config, count: int) -> Config:
+    """``config`` of one worker of ``count``: its share of TURN's quotas. Done by the worker
+    on each (re)load of the config, not by the parent's flags, so a reload that changes a
+    quota changes every worker's share."""
+    turn = config.turn
+    share = dataclasses.replace(
+        turn,
+        user_quota=_share(turn.user_quota, count),
+        ip_quota=_share(turn.ip_quota, count),
+        total_quota=_share(turn.total_quota, count),
+    )
+    return dataclasses.replace(config, turn=share)
 
 
 @dataclass
@@ -200,6 +226,9 @@ def worker_command(
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    # A SIGHUP forwarded before the worker has set its handler would kill it (the default
+    # action); ignored, it is a missed reload at worst. exec keeps an ignored signal ignored.
+    stdsignal.signal(stdsignal.SIGHUP, stdsignal.SIG_IGN)
     # Linux: the worker gets SIGTERM if the parent dies (even by SIGKILL): no orphans.
     try:
         import ctypes
@@ -230,8 +259,10 @@ class Supervisor:
         fds: Sequence[Sequence[int]] = (),
         clock: Callable[[], float] = time.monotonic,
         popen: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen,
+        on_reload: Callable[[], None] | None = None,
     ) -> None:
-        """``commands[i]`` starts worker i+1, inheriting file descriptors ``fds[i]``."""
+        """``commands[i]`` starts worker i+1, inheriting file descriptors ``fds[i]``;
+        ``on_reload()``: the parent's own part of a reload (SIGHUP)."""
         self.workers = [
             _Worker(i + 1, list(cmd), tuple(fds[i]) if i < len(fds) else ())
             for i, cmd in enumerate(commands)
@@ -240,6 +271,7 @@ class Supervisor:
         self.popen = popen
         self.stopping = False
         self.restarts = 0
+        self.on_reload = on_reload
 
     def _start(self, worker: _Worker) -> None:
         worker.proc = self.popen(
@@ -284,6 +316,22 @@ class Supervisor:
                 wait,
             )
 
+    def reload(self) -> int:
+        """SIGHUP: the parent's own part, then SIGHUP to every running worker (each reloads
+        itself and logs it); returns how many were told."""
+        if self.on_reload is not None:
+            try:
+                self.on_reload()
+            except Exception:  # the parent must keep supervising whatever happens here
+                log.exception("reload failed in the parent")
+        told = 0
+        for worker in self.workers:
+            if worker.proc is not None and worker.proc.poll() is None:
+                worker.proc.send_signal(stdsignal.SIGHUP)
+                told += 1
+        log.info("reload: SIGHUP sent to %d of %d workers", told, len(self.workers))
+        return told
+
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """SIGTERM to every worker; SIGKILL to any still running after ``timeout``."""
         self.stopping = True
@@ -302,19 +350,29 @@ class Supervisor:
             worker.proc = None
 
     def run(self) -> int:
-        """Supervise until SIGTERM or SIGINT; then stop the workers and return 0."""
+        """Supervise until SIGTERM or SIGINT; then stop the workers and return 0. SIGHUP
+        reloads (:meth:`reload`)."""
         stop_requested = [False]
+        reload_requested = [False]
 
         def request_stop(signum: int, _frame: object) -> None:
             stop_requested[0] = True
+
+        def request_reload(signum: int, _frame: object) -> None:
+            # Only a flag here: the loop does the work, outside the signal handler.
+            reload_requested[0] = True
 
         previous = {
             signum: stdsignal.signal(signum, request_stop)
             for signum in (stdsignal.SIGTERM, stdsignal.SIGINT)
         }
+        previous[stdsignal.SIGHUP] = stdsignal.signal(stdsignal.SIGHUP, request_reload)
         try:
             while not stop_requested[0]:
                 self.step()
+                if reload_requested[0]:
+                    reload_requested[0] = False
+                    self.reload()
                 time.sleep(POLL)
         finally:
             for signum, handler in previous.items():
@@ -325,8 +383,36 @@ class Supervisor:
         return 0
 
 
-def supervise(config: Config, argv: Sequence[str]) -> int:
-    """Run ``config.general.workers`` workers of ``flaskrtc argv`` until told to stop."""
+def parent_reload(config: Config, reload_config: Callable[[], Config]) -> Callable[[], None]:
+    """The parent's part of a reload: its log level, and a warning naming the keys it hands
+    the workers (:data:`PARENT_KEYS`) that changed since ``config`` (they need a restart)."""
+    from flaskrtc.config import ConfigError
+    from flaskrtc.log import set_level
+    from flaskrtc.reload import restart_needed
+
+    def on_reload() -> None:
+        try:
+            new = reload_config()
+        except ConfigError as err:
+            log.error("reload: %s: the workers keep their settings", err)
+            return
+        keys = [key for key in restart_needed(config, new) if key in PARENT_KEYS]
+        if keys:
+            log.warning(
+                "reload: these keys need a restart: %s (not applied; they keep their "
+                "running values)",
+                ", ".join(keys),
+            )
+        set_level(new.log_level)
+
+    return on_reload
+
+
+def supervise(
+    config: Config, argv: Sequence[str], reload_config: Callable[[], Config] | None = None
+) -> int:
+    """Run ``config.general.workers`` workers of ``flaskrtc argv`` until told to stop.
+    ``reload_config()``: the config read again, for SIGHUP."""
     from flaskrtc.server import StartupError, prepare_files
     from flaskrtc.turn.siblings import RelayTable
 
@@ -360,7 +446,8 @@ def supervise(config: Config, argv: Sequence[str]) -> int:
             ports["general.port"],
             ports["turn.port"],
         )
-        return Supervisor(commands, fds=fds).run()
+        on_reload = parent_reload(config, reload_config) if reload_config is not None else None
+        return Supervisor(commands, fds=fds, on_reload=on_reload).run()
     finally:
         table.close(unlink=True)
         for worker in sockets:

@@ -68,9 +68,10 @@ class ServerProcess:
         tls: bool = True,
         extra: dict[str, str] | None = None,
         wrap: list[str] | None = None,
+        args: list[str] | None = None,
     ):
         """``extra`` overrides config keys (``"turn.port": "0"``); ``wrap`` is put before the
-        command (the NAT lab runs the server with ``ip netns exec NS``)."""
+        command (the NAT lab runs the server with ``ip netns exec NS``); ``args`` after it."""
         self.workdir = workdir
         self.tls = tls
         settings = {
@@ -104,6 +105,7 @@ class ServerProcess:
         env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
         self.cert = workdir / "certs" / "cert.pem"
         argv = [*(wrap or []), sys.executable, "-m", "flaskrtc", "--config", str(self.config)]
+        argv += args or []
         self._launch(argv, env)
 
     def _launch(self, argv: list[str], env: dict[str, str], timeout: float = 20) -> None:

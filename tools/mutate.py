@@ -46,13 +46,23 @@ TESTS: dict[str, list[str]] = {
         "test_relay_addressing.py",
         "test_fuzz_turn_core.py",
     ],
-    "flaskrtc/turn/core.py": ["test_turn_core.py", "test_turn_client.py", "test_fuzz_turn_core.py"],
+    "flaskrtc/turn/core.py": [
+        "test_turn_core.py",
+        "test_turn_client.py",
+        "test_fuzz_turn_core.py",
+        "test_metrics.py",  # its counts (TurnStats)
+    ],
     "flaskrtc/turn/credentials.py": ["test_credentials.py", "test_turn_auth.py"],
     "flaskrtc/turn/auth.py": ["test_turn_auth.py", "test_turn_core.py"],
     "flaskrtc/turn/policy.py": ["test_turn_policy.py", "test_turn_core.py"],
     "flaskrtc/turn/ratelimit.py": ["test_turn_ratelimit.py"],
     "flaskrtc/signal/protocol.py": ["test_protocol.py", "test_fuzz_signal.py"],
-    "flaskrtc/signal/hub.py": ["test_hub.py", "test_fuzz_signal.py"],
+    "flaskrtc/signal/hub.py": [
+        "test_hub.py",
+        "test_fuzz_signal.py",
+        "test_metrics.py",  # its counts (SignalStats)
+        "test_cluster.py",  # the paths with a Remote
+    ],
     "flaskrtc/signal/wsframe.py": ["test_wsframe.py", "test_fuzz_wsframe.py"],
 }
 

@@ -274,7 +274,7 @@ class ClusterCore:
             return False
         if self.state == DOWN:
             self.unrelayed += 1
-            raise ProtocolError(request, unreachable(to))
+            raise ProtocolError(request, unreachable(to), "unreachable")
         header = dumps({"to": to, "i": self.instance, "f": sender, "r": request})
         self._queue(
             Op("relay", ("PUBLISH", inbox(target.instance), header + "\n" + text), sender, request)

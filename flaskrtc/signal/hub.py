@@ -24,6 +24,7 @@ remote changes through :meth:`Hub.remote_changed` and :meth:`Hub.deliver`. Witho
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -37,6 +38,7 @@ from flaskrtc.signal.protocol import (
     ProtocolError,
     Request,
     dumps,
+    forwarded,
     message,
     parse,
 )
@@ -78,6 +80,57 @@ class Close:
 
 
 Action = Send | Broadcast | Close
+
+# Message types counted, per direction (``invalid``: a message parse() refused; ``remote``:
+# a message relayed from a peer on another instance of a cluster, whatever its type).
+TYPES_IN = ("new", "offer", "answer", "candidate", "bye", "leave", "keepalive", "invalid")
+TYPES_OUT = (
+    "peers",
+    "offer",
+    "answer",
+    "candidate",
+    "bye",
+    "leave",
+    "keepalive",
+    "error",
+    "remote",
+)
+# Kinds of protocol errors: the hub's and cluster's (ProtocolError.kind), a refused token,
+# and the WebSocket shell's frame errors (1002/1007, 1009, 1008).
+ERROR_KINDS = (
+    "malformed",
+    "not_registered",
+    "unknown_peer",
+    "refused",
+    "bad_session",
+    "unreachable",
+    "unauthorized",
+    "frame_invalid",
+    "frame_too_big",
+    "frame_rate",
+)
+
+
+class SignalStats:
+    """Counters of one signaling server, plain integers for a metrics exporter to read.
+
+    ``received`` and ``sent`` count messages by type (their keys are fixed and filled in
+    from the start, so counting is one dict store, cheaper than choosing an attribute by
+    type); ``sent`` counts what the hub routed, one per receiver (a peers list broadcast to
+    ten peers is ten). ``errors`` by kind; the shell adds the WebSocket side."""
+
+    __slots__ = ("errors", "received", "sent", "slow_dropped", "ws_opened")
+
+    def __init__(self) -> None:
+        self.received: dict[str, int] = dict.fromkeys(TYPES_IN, 0)
+        self.sent: dict[str, int] = dict.fromkeys(TYPES_OUT, 0)
+        self.errors: dict[str, int] = dict.fromkeys(ERROR_KINDS, 0)
+        self.ws_opened = 0  # WebSocket sessions started
+        self.slow_dropped = 0  # connections dropped for not reading their output
+
+    def error(self, kind: str) -> None:
+        """Count one protocol error of ``kind`` (a kind not listed is counted too)."""
+        self.errors[kind] = self.errors.get(kind, 0) + 1
 
 
 class Remote(Protocol):
@@ -163,6 +216,12 @@ class Hub:
         self._version = 0  # bumped on every change to the list
         self._last_broadcast = float("-inf")
         self._due: float | None = None  # when the pending peers broadcast goes out
+        self.stats = SignalStats()
+        # Calls in progress (for the status page): a pair of peers is in a call from an
+        # answer between them until a bye or until either leaves. Counted on the instance
+        # of the peer that answered, so a cluster counts each call once.
+        self._calls: set[tuple[str, str]] = set()
+        self._calls_of: dict[str, set[tuple[str, str]]] = {}
 
     def attach(self, remote: Remote) -> None:
         """Join a cluster (before any peer registers)."""
@@ -173,6 +232,18 @@ class Hub:
     def peer_ids(self) -> list[str]:
         """Registered ids, in registration order."""
         return list(self._peers)
+
+    def peer_count(self) -> int:
+        """How many peers are registered here (on this instance)."""
+        return len(self._peers)
+
+    def listed_count(self) -> int:
+        """How many peers the peers list holds: with a cluster, every instance's."""
+        return len(self._peers) if self._remote is None else self._remote.count()
+
+    def call_count(self) -> int:
+        """Calls in progress answered by a peer of this instance (see ``_calls``)."""
+        return len(self._calls)
 
     def peer_of(self, conn: ConnId) -> str | None:
         """The id ``conn`` is registered under, if any."""
@@ -201,8 +272,17 @@ class Hub:
         """Handle one message from ``conn``; bad input yields an ``error`` reply."""
         try:
             request = parse(payload)
+        except ProtocolError as err:
+            stats = self.stats
+            stats.received["invalid"] += 1
+            stats.errors["malformed"] += 1
+            stats.sent["error"] += 1
+            return [Send(conn, err.reply)]
+        try:
             return self._dispatch(conn, request, now)
         except ProtocolError as err:
+            self.stats.error(err.kind)
+            self.stats.sent["error"] += 1
             return [Send(conn, err.reply)]
 
     def bind(self, conn: ConnId, peer_id: str) -> None:
@@ -229,7 +309,11 @@ class Hub:
         ``taken`` ids registered here were taken over by a connection elsewhere (the local
         holder gets the takeover error and 4409, and nobody a ``leave``)."""
         actions: list[Action] = []
+        left = tuple(left)
+        for peer_id in left:
+            self._calls_end(peer_id)
         for peer_id in taken:
+            self._calls_end(peer_id)
             holder = self._peers.pop(peer_id, None)
             if holder is not None:
                 del self._by_conn[holder.conn]
@@ -239,44 +323,71 @@ class Hub:
             self._due = None
             return actions
         rest = tuple(p.conn for p in self._peers.values())
-        actions += [Broadcast(rest, message("leave", peer_id)) for peer_id in left]
+        leaves = [Broadcast(rest, message("leave", peer_id)) for peer_id in left]
+        self.stats.sent["leave"] += len(rest) * len(leaves)
+        actions += leaves
         return actions + self._schedule_peers(now)
 
     def deliver(self, to: str, text: str) -> list[Action] | None:
         """A message relayed from another instance for local peer ``to``; None if it is not
         registered here."""
         peer = self._peers.get(to)
-        return None if peer is None else [Send(peer.conn, text)]
+        if peer is None:
+            return None
+        self.stats.sent["remote"] += 1
+        if text.startswith('{"type":"bye"') and self._calls_of.get(to):
+            # A bye from the other side of a call this instance counts (bye is rare: parsed).
+            sid = str(json.loads(text).get("data", {}).get("session_id", ""))
+            for key in list(self._calls_of.get(to, ())):
+                if "-".join(key) == sid or "-".join(key[::-1]) == sid:
+                    self._call_ended(*key)
+        return [Send(peer.conn, text)]
 
     # -- internals -----------------------------------------------------------------------
 
     def _dispatch(self, conn: ConnId, request: Request, now: float) -> list[Action]:
+        received, sent = self.stats.received, self.stats.sent
+        if isinstance(request, Forward):
+            # The most frequent (candidates), so tested first.
+            received[request.type] += 1
+            sender = self._by_conn.get(conn)
+            if sender is None:
+                raise ProtocolError(
+                    request.type, "not registered: send 'new' first", "not_registered"
+                )
+            target = self._peers.get(request.to)
+            # The server, not the client, says who sent it.
+            text = forwarded(request, sender)
+            if target is None:
+                remote = self._remote
+                if remote is not None and remote.relay(request.to, text, sender, request.type):
+                    if request.type == "answer":
+                        self._call_started(sender, request.to)
+                    return []  # counted where it is delivered, as "remote"
+                raise ProtocolError(
+                    request.type, f"peer '{request.to}' is not registered", "unknown_peer"
+                )
+            sent[request.type] += 1
+            if request.type == "answer":
+                self._call_started(sender, request.to)
+            return [Send(target.conn, text)]
         if isinstance(request, Keepalive):
+            received["keepalive"] += 1
+            sent["keepalive"] += 1
             return [Send(conn, message("keepalive", request.data))]
         if isinstance(request, New):
+            received["new"] += 1
             return self._register(conn, request, now)
         sender = self._by_conn.get(conn)
         if isinstance(request, Leave):
+            received["leave"] += 1
             if sender is None:
-                raise ProtocolError("leave", "not registered: send 'new' first")
+                raise ProtocolError("leave", "not registered: send 'new' first", "not_registered")
             return self._unregister(conn, now)
-        if isinstance(request, Forward):
-            if sender is None:
-                raise ProtocolError(request.type, "not registered: send 'new' first")
-            target = self._peers.get(request.to)
-            data = request.data  # parsed for this message alone: changed in place
-            data["from"] = sender  # the server, not the client, says who sent it
-            if target is None:
-                remote = self._remote
-                if remote is not None and remote.relay(
-                    request.to, message(request.type, data), sender, request.type
-                ):
-                    return []
-                raise ProtocolError(request.type, f"peer '{request.to}' is not registered")
-            return [Send(target.conn, message(request.type, data))]
         if isinstance(request, Bye):
+            received["bye"] += 1
             if sender is None:
-                raise ProtocolError("bye", "not registered: send 'new' first")
+                raise ProtocolError("bye", "not registered: send 'new' first", "not_registered")
             return self._bye(conn, sender, request.session_id)
         raise AssertionError(f"unhandled request {request!r}")  # pragma: no cover
 
@@ -285,12 +396,12 @@ class Hub:
         if bound is not None and req.id != bound:
             # The token names one id: no other, and so no takeover of another peer's id
             # (a takeover needs a token for that very id).
-            raise ProtocolError("new", f"your token is for id '{bound}', not '{req.id}'")
+            raise ProtocolError("new", f"your token is for id '{bound}', not '{req.id}'", "refused")
         remote = self._remote
         if remote is not None:
             refusal = remote.refusal()
             if refusal is not None:
-                raise ProtocolError("new", refusal)
+                raise ProtocolError("new", refusal, "refused")
         actions: list[Action] = []
         appended: str | None = None
         current = self._by_conn.get(conn)
@@ -331,6 +442,7 @@ class Hub:
         if peer_id is None:
             return []
         del self._peers[peer_id]
+        self._calls_end(peer_id)
         if self._remote is not None:
             self._remote.left(peer_id)
         self._changed()
@@ -341,6 +453,7 @@ class Hub:
         # receiver's id, and twice); the fresh list follows.
         rest = tuple(p.conn for p in self._peers.values())
         leave = Broadcast(rest, message("leave", peer_id))
+        self.stats.sent["leave"] += len(rest)
         return [leave, *self._schedule_peers(now)] if schedule else [leave]
 
     def _bye(self, conn: ConnId, sender: str, sid: str) -> list[Action]:
@@ -351,28 +464,59 @@ class Hub:
         elif sid.endswith("-" + sender) and len(sid) > len(sender) + 1:
             ids = [sid[: -len(sender) - 1], sender]
         else:
-            raise ProtocolError("bye", f"session_id '{sid}' is not '<id>-<id>' with your id")
+            raise ProtocolError(
+                "bye", f"session_id '{sid}' is not '<id>-<id>' with your id", "bad_session"
+            )
+        self._call_ended(ids[0], ids[1])
         actions: list[Action] = []
         errors: list[str] = []
+        stats = self.stats
         for peer_id in dict.fromkeys(ids):
             peer = self._peers.get(peer_id)
             text = message("bye", {"session_id": sid, "to": peer_id})
             if peer is not None:
+                stats.sent["bye"] += 1
                 actions.append(Send(peer.conn, text))
                 continue
             try:
                 if self._remote is not None and self._remote.relay(peer_id, text, sender, "bye"):
                     continue
             except ProtocolError as err:  # on another instance, and the cluster is down
+                stats.error(err.kind)
                 errors.append(err.reply)
                 continue
+            stats.error("unknown_peer")
             errors.append(ProtocolError("bye", f"peer '{peer_id}' is not registered").reply)
+        stats.sent["error"] += len(errors)
         # Errors after the byes: the sender's own bye is never held up by the other side.
         return actions + [Send(conn, reply) for reply in errors]
 
-    @staticmethod
-    def _kick(holder: _Peer) -> list[Action]:
+    def _call_started(self, a: str, b: str) -> None:
+        key = (a, b) if a <= b else (b, a)
+        if key not in self._calls:
+            self._calls.add(key)
+            self._calls_of.setdefault(a, set()).add(key)
+            self._calls_of.setdefault(b, set()).add(key)
+
+    def _call_ended(self, a: str, b: str) -> None:
+        key = (a, b) if a <= b else (b, a)
+        if key in self._calls:
+            self._calls.discard(key)
+            for peer_id in key:
+                keys = self._calls_of.get(peer_id)
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del self._calls_of[peer_id]
+
+    def _calls_end(self, peer_id: str) -> None:
+        """Every call of ``peer_id`` ends (it left)."""
+        for key in list(self._calls_of.get(peer_id, ())):
+            self._call_ended(*key)
+
+    def _kick(self, holder: _Peer) -> list[Action]:
         """The takeover error and close for the connection that held ``holder``'s id."""
+        self.stats.sent["error"] += 1
         reason = f"id '{holder.id}' was taken over by a new connection"
         return [
             Send(holder.conn, message("error", {"request": "new", "reason": reason})),
@@ -404,6 +548,7 @@ class Hub:
         if newcomer is None:
             return []
         self._peers[self._by_conn[newcomer]].seen = self._version
+        self.stats.sent["peers"] += 1
         return [Send(newcomer, self.peers_message())]
 
     def _broadcast_peers(self, now: float) -> list[Action]:
@@ -417,6 +562,7 @@ class Hub:
                 conns.append(peer.conn)
         if not conns:
             return []
+        self.stats.sent["peers"] += len(conns)
         return [Broadcast(tuple(conns), self.peers_message(), peers=True)]
 
     @staticmethod

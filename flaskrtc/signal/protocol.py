@@ -62,11 +62,14 @@ MAX_ECHOED_TYPE = 64
 class ProtocolError(Exception):
     """A message that cannot be served; :attr:`reply` is the ``error`` message to send."""
 
-    def __init__(self, request: str, reason: str) -> None:
+    def __init__(self, request: str, reason: str, kind: str = "malformed") -> None:
+        """``kind``: what went wrong, one of a few words (a metrics label): ``malformed``
+        for anything :func:`parse` refuses, else the hub's or the cluster's word."""
         request = request[:MAX_ECHOED_TYPE]
         super().__init__(f"{request or '?'}: {reason}")
         self.request = request
         self.reason = reason
+        self.kind = kind
 
     @property
     def reply(self) -> str:
@@ -85,11 +88,16 @@ class New:
 
 @dataclass(slots=True)
 class Forward:
-    """``offer`` / ``answer`` / ``candidate``: relay ``data`` to peer ``to``."""
+    """``offer`` / ``answer`` / ``candidate``: relay ``data`` to peer ``to``.
+
+    ``raw``: ``data``'s own JSON text as the client sent it, when it can be forwarded as is
+    (it has no ``from``: :func:`forwarded` then inserts one instead of encoding it all
+    again); None otherwise."""
 
     type: str
     to: str
     data: dict[str, Any]
+    raw: str | None = None
 
 
 @dataclass(slots=True)
@@ -135,6 +143,44 @@ def _object(request: str, value: Any, what: str) -> dict[str, Any]:
     return value
 
 
+# How the apps (Dart's and JavaScript's JSON encoders, keys in insertion order) write a
+# forwarded message: ``{"type":"offer","data":{...}}``. Such a message is scanned from its
+# data object on, whose text can then be forwarded without being encoded again.
+_FORWARD_PREFIXES = tuple((t, '{"type":"' + t + '","data":') for t in FORWARDED_TYPES)
+
+
+def _scan_forward(text: str) -> tuple[str, Any, str] | None:
+    """``(type, data, data's text)`` of a message in the apps' shape, else None (parse it
+    in full). The outcome of :func:`parse` is the same either way."""
+    for type_, prefix in _FORWARD_PREFIXES:
+        if text.startswith(prefix):
+            start = len(prefix)
+            try:
+                data, end = _scan(text, start)
+            except (StopIteration, ValueError, RecursionError):
+                return None  # not a value there: the full parse says what is wrong
+            rest = text[end:]
+            if rest != "}" and rest.strip(" \t\n\r") != "}":
+                return None  # more keys after data, or not one object: parse it all
+            return type_, data, text[start:end]
+    return None
+
+
+def forwarded(request: Forward, sender: str) -> str:
+    """The text forwarded for ``request`` from peer ``sender``: its data with ``from`` set
+    to ``sender`` (docs/protocol.md §3). Sets ``data["from"]`` too."""
+    data = request.data
+    raw = request.raw
+    data["from"] = sender
+    if raw is not None:
+        # '{' + '"from":"id",' + the rest of the client's object: JSON has no key order,
+        # and every other field goes out byte for byte as the client wrote it.
+        return (
+            '{"type":"' + request.type + '","data":{"from":' + _encode(sender) + "," + raw[1:] + "}"
+        )
+    return message(request.type, data)
+
+
 def parse(payload: bytes) -> Request:
     """Parse one WebSocket message (TEXT or BINARY, UTF-8 JSON) into a request.
 
@@ -144,6 +190,9 @@ def parse(payload: bytes) -> Request:
         text = payload.decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError("", "message is not valid UTF-8") from None
+    fast = _scan_forward(text)
+    if fast is not None:
+        return _forward(*fast)
     try:
         envelope = loads(text)
     except (ValueError, RecursionError):
@@ -165,14 +214,7 @@ def parse(payload: bytes) -> Request:
             user_agent=_string(type_, body, "user_agent", MAX_USER_AGENT_LENGTH, required=False),
         )
     if type_ in FORWARDED_TYPES:
-        body = _object(type_, data, "data")
-        to = _string(type_, body, "to", MAX_ID_LENGTH, required=True)
-        field = _PAYLOAD_FIELD[type_]
-        _object(type_, body.get(field), f"data.{field}")
-        session_id = body.get("session_id")
-        if session_id is not None and not isinstance(session_id, str):
-            raise ProtocolError(type_, "data.session_id must be a string")
-        return Forward(type_, to, body)
+        return _forward(type_, data, None)
     if type_ == "bye":
         body = _object(type_, data, "data")
         sid = _string(type_, body, "session_id", 2 * MAX_ID_LENGTH + 1, required=True)
@@ -184,3 +226,17 @@ def parse(payload: bytes) -> Request:
     if type_ in SERVER_ONLY_TYPES:
         raise ProtocolError(type_, f"'{type_}' is sent by the server only")
     raise ProtocolError(type_, f"unknown message type '{type_[:64]}'")
+
+
+def _forward(type_: str, data: Any, raw: str | None) -> Forward:
+    """A checked :class:`Forward`; ``raw`` (data's text) kept only if it has no ``from``."""
+    body = _object(type_, data, "data")
+    to = _string(type_, body, "to", MAX_ID_LENGTH, required=True)
+    field = _PAYLOAD_FIELD[type_]
+    _object(type_, body.get(field), f"data.{field}")
+    session_id = body.get("session_id")
+    if session_id is not None and not isinstance(session_id, str):
+        raise ProtocolError(type_, "data.session_id must be a string")
+    if raw is not None and ("from" in body or not body):
+        raw = None  # a client's "from" is replaced: encode the object again
+    return Forward(type_, to, body, raw)

@@ -31,7 +31,8 @@ import gevent.ssl
 from gevent.pywsgi import WSGIHandler
 from geventwebsocket.handler import WebSocketHandler
 
-from flaskrtc.ratelimit import LogThrottle, TokenBucket, retry_after_header
+from flaskrtc.forwarded import client_address
+from flaskrtc.ratelimit import ConnectionLimits, LogThrottle, TokenBucket, retry_after_header
 from flaskrtc.signal.hub import Action, Broadcast, Close, ConnId, Hub, Send
 from flaskrtc.signal.protocol import message
 from flaskrtc.signal.wsframe import (
@@ -86,6 +87,8 @@ WS_PATH = "/ws"
 _TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s]*")
 # One line per 10 s at most for slow request heads, however many clients trickle.
 _slow_head_log = LogThrottle(10.0)
+# ... and for WebSocket sessions refused by the per-client cap behind a trusted proxy.
+_ws_cap_log = LogThrottle(10.0)
 
 
 def _shutdown_socket(sock: socket.socket, how: int) -> None:
@@ -127,7 +130,8 @@ def unmapped(address: Any) -> Any:
 
 
 class Transport:
-    """The upgraded socket handed from the handler to the signaling loop."""
+    """The upgraded socket handed from the handler to the signaling loop; ``address`` is
+    the client's (from a trusted proxy's headers, else the socket's)."""
 
     def __init__(self, sock: socket.socket, rfile: BinaryIO, address: Any) -> None:
         self.sock = sock
@@ -149,6 +153,11 @@ class SignalingHandler(WebSocketHandler):  # type: ignore[misc]
     # through, else the seconds the client must wait (per-IP rate limit, answered 429).
     _head_timer: gevent.Timeout | None = None
     _head_started = False
+    # The current request's client address from a trusted proxy's Forwarded or
+    # X-Forwarded-For header; None: the socket's. Per request, not per connection: a proxy
+    # may send requests of different clients over one kept-alive connection.
+    _forwarded_ip: str | None = None
+    _ws_slot: str | None = None  # the forwarded client holding a WebSocket slot (ws_limits)
 
     def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
         # A dual-stack listener sees an IPv4 client as ::ffff:a.b.c.d; logs, rate limits
@@ -178,7 +187,13 @@ class SignalingHandler(WebSocketHandler):  # type: ignore[misc]
         if not valid_client_key(key):
             self.start_response("400 Bad Request", [("Content-Type", "text/plain")])
             return [b"Missing or malformed Sec-WebSocket-Key"]
-        self.websocket = Transport(self.socket, self.rfile, self.client_address)
+        # Last, so that only a session about to start takes a slot (handle_one_request gives
+        # it back, whichever way the request ends).
+        if not self._take_ws_slot():
+            self.start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"Too many connections from your address"]
+        address = (self._forwarded_ip, 0) if self._forwarded_ip else self.client_address
+        self.websocket = Transport(self.socket, self.rfile, address)
         self.environ[TRANSPORT_KEY] = self.websocket
         self.environ["wsgi.websocket_version"] = version
         # No subprotocol and no extension is negotiated (docs/protocol.md §1).
@@ -201,11 +216,49 @@ class SignalingHandler(WebSocketHandler):  # type: ignore[misc]
             self.environ.pop(TRANSPORT_KEY, None)
             del self.websocket
 
+    # -- the per-client WebSocket cap behind a trusted proxy -----------------------------
+
+    def _take_ws_slot(self) -> bool:
+        """Count a WebSocket session of a forwarded client against ``max_connections_per_ip``;
+        False when that client has no slot left.
+
+        The cap at accept time (flaskrtc.server.ConnectionCap) sees only the proxy, before any
+        header is read, and does not apply it per IP to a trusted proxy: every client comes
+        from there. The sessions are what a client holds for long, so they are counted here,
+        per forwarded address, once the request is parsed.
+        """
+        limits: ConnectionLimits | None = getattr(self.server, "ws_limits", None)
+        ip = self._forwarded_ip
+        if limits is None or ip is None:
+            return True
+        refusal = limits.admit(ip)
+        if refusal is None:
+            self._ws_slot = ip
+            return True
+        quiet = _ws_cap_log.ready(time.monotonic())
+        if quiet is not None:
+            more = f"; {quiet} more refused since the last such line" if quiet else ""
+            log.warning(
+                "%s: /ws refused (503): %s%s",
+                ip,
+                refusal,
+                more,
+                extra={"client": ip, "proxy": self._socket_ip()},
+            )
+        return False
+
+    def _release_ws_slot(self) -> None:
+        limits: ConnectionLimits | None = getattr(self.server, "ws_limits", None)
+        if limits is not None and self._ws_slot is not None:
+            limits.release(self._ws_slot)
+        self._ws_slot = None
+
     # -- the request head deadline -------------------------------------------------------
 
     def handle_one_request(self) -> Any:
         """pywsgi's request handling, with :data:`HEAD_TIMEOUT` for the whole request head."""
         seconds = getattr(self.server, "head_timeout", HEAD_TIMEOUT)
+        self._forwarded_ip = None  # until this request's headers say otherwise
         timer = gevent.Timeout(seconds)
         self._head_timer, self._head_started = timer, False
         timer.start()
@@ -230,6 +283,7 @@ class SignalingHandler(WebSocketHandler):  # type: ignore[misc]
             return None
         finally:
             timer.close()
+            self._release_ws_slot()  # the WebSocket session (if any) has ended
 
     def read_requestline(self) -> str:
         # peek waits for the first byte of a request: from then on the head has started.
@@ -244,21 +298,53 @@ class SignalingHandler(WebSocketHandler):  # type: ignore[misc]
         if self._head_timer is not None:
             self._head_timer.close()
         environ: dict[str, Any] = super().get_environ()
+        trusted = getattr(self.server, "trusted_proxies", None)
+        if trusted:
+            forwarded = client_address(
+                self._socket_ip(),
+                environ.get("HTTP_FORWARDED"),
+                environ.get("HTTP_X_FORWARDED_FOR"),
+                trusted,
+            )
+            if forwarded is not None:
+                # Flask's request.remote_addr, so /api/turn's rate gate, logs and choice of
+                # address family see the client, not the proxy.
+                environ["flaskrtc.proxy"] = environ.get("REMOTE_ADDR")
+                environ["REMOTE_ADDR"] = forwarded
+                self._forwarded_ip = forwarded
         return environ
 
-    def _client_ip(self) -> str:
+    def _socket_ip(self) -> str:
+        """The TCP peer's address (a proxy, when there is one)."""
         address = self.client_address
         return str(address[0]) if isinstance(address, tuple) else str(address)
 
+    def _client_ip(self) -> str:
+        """The client of the current request: a trusted proxy's forwarded address, else
+        the TCP peer (also before the request head is read)."""
+        return self._forwarded_ip or self._socket_ip()
+
     def log_request(self) -> None:
-        if "101" not in str(self.status):
+        if "101" in str(self.status):
+            return
+        writer = self.server.log
+        logger = getattr(writer, "logger", None)
+        if isinstance(logger, logging.Logger):
+            # Through logging itself (flaskrtc.server's writer), with the fields for JSON.
+            line = self.format_request()
+            status = line.split('" ', 1)[-1].split(" ", 1)[0]
+            fields: dict[str, Any] = {"client": self._client_ip()}
+            if status.isdigit():
+                fields["status"] = int(status)
+            logger.log(writer.level, "%s", line, extra=fields)
+        else:
             WSGIHandler.log_request(self)
 
     def format_request(self) -> str:
         # pywsgi's line repeats the time the log line already has.
         length = self.response_length or "-"
         delta = (self.time_finish - self.time_start) if self.time_finish else 0.0
-        client = self.client_address[0] if isinstance(self.client_address, tuple) else "-"
+        client = self._client_ip() if isinstance(self.client_address, tuple) else "-"
         status = self.status or "000"
         if isinstance(status, bytes):
             status = status.decode("latin-1")
@@ -390,7 +476,13 @@ class Connection:
         if self._queued > self.server.max_queued:
             # A client this far behind is not reading: no close frame would reach it either,
             # so drop the TCP connection; the reader then unregisters it as for any loss.
-            log.warning("%s: %d bytes unsent, dropping slow connection", self, self._queued)
+            log.warning(
+                "%s: %d bytes unsent, dropping slow connection",
+                self,
+                self._queued,
+                extra=self.log_fields(),
+            )
+            self.server.stats.slow_dropped += 1
             self._drop(f"dropped: {self._queued} bytes unsent")
             self._queued = 0
             return
@@ -508,7 +600,7 @@ class Connection:
         tls = self._tls
         read = self._tls_reader(readable) if tls else sock.recv
         self.writer = gevent.spawn(self.write_loop)
-        log.info("%s: connected", self)
+        log.info("%s: connected", self, extra=self.log_fields())
         reason = "closed by peer"
         linger = False  # our close frame ends the session: drain the client's input after it
         server = self.server
@@ -535,12 +627,14 @@ class Connection:
                 try:
                     events = decoder.feed(data)
                 except FrameError as err:
+                    server.stats.error("frame_too_big" if err.code == 1009 else "frame_invalid")
                     reason = f"protocol error {err.code}: {err.reason}"
                     self.close(err.code, err.reason)
                     linger = True
                     break
                 if not self._frames.take(now, decoder.frames - frames):
                     # §7.4.1: 1008 is for a message that violates policy; here, their rate.
+                    server.stats.error("frame_rate")
                     reason = "protocol error 1008: too many frames per second"
                     self.close(1008, "too many frames per second")
                     linger = True
@@ -560,7 +654,7 @@ class Connection:
             # Let the writer flush a close frame before the socket goes away.
             self._done.wait(CLOSE_TIMEOUT)
         finally:
-            label = str(self)  # while it still names the peer
+            label, fields = str(self), self.log_fields()  # while they still name the peer
             server.drop(self)
             if linger and self._close_sent:
                 self._linger(self.transport.sock.recv)
@@ -568,7 +662,8 @@ class Connection:
             if self.writer is not None:
                 self.writer.kill(block=False)
             self._shutdown()
-            log.info("%s: disconnected, %s", label, self._dropped or reason)
+            fields["reason"] = self._dropped or reason
+            log.info("%s: disconnected, %s", label, fields["reason"], extra=fields)
 
     def _tls_reader(self, readable: Any) -> Callable[[int], bytes]:
         """``recv`` for the TLS socket: gevent's SSLSocket.recv without its Python layers,
@@ -628,6 +723,16 @@ class Connection:
         host = self.address[0] if isinstance(self.address, tuple) else self.address
         return f"ws#{self.id} {host}" + (f" peer {peer}" if peer else "")
 
+    def log_fields(self) -> dict[str, Any]:
+        """This connection's structured log fields (the JSON format's): ``conn``, ``client``
+        and, once registered, ``peer``."""
+        host = self.address[0] if isinstance(self.address, tuple) else self.address
+        fields: dict[str, Any] = {"conn": self.id, "client": str(host)}
+        peer = self.server.hub.peer_of(self.id)
+        if peer:
+            fields["peer"] = peer
+        return fields
+
 
 class SignalServer:
     """Owns the hub and every live connection; turns hub actions into queued frames."""
@@ -644,6 +749,7 @@ class SignalServer:
     ):
         """``idle_timeout``: seconds of silence before a client is dropped (None: 3 periods)."""
         self.hub = hub or Hub()
+        self.stats = self.hub.stats  # the hub counts messages; the shell adds its own
         self.keepalive = keepalive
         self.idle_timeout = idle_timeout or 3 * keepalive
         self.frame_rate = frame_rate
@@ -676,10 +782,13 @@ class SignalServer:
         refused for this reason; it gets an ``error`` and a 4401 close, and nothing else.
         """
         self._next_id += 1
+        self.stats.ws_opened += 1
         conn = Connection(self, self._next_id, transport)
         if self.stopping:
             conn.close(1001, "server shutting down")
         elif refusal is not None:
+            self.stats.error("unauthorized")
+            self.stats.sent["error"] += 1
             conn.enqueue(text_frame(message("error", {"request": "", "reason": refusal})))
             conn.close(CLOSE_UNAUTHORIZED, "unauthorized")
         elif peer_id is not None:
@@ -695,7 +804,7 @@ class SignalServer:
         self.apply(self.hub.receive(conn.id, payload, time.monotonic()))
         after = self.hub.peer_of(conn.id)
         if after != before and after is not None:
-            log.info("%s: registered", conn)
+            log.info("%s: registered", conn, extra=conn.log_fields())
 
     def drop(self, conn: Connection) -> None:
         """``conn`` has ended: forget it and tell the hub (once)."""
@@ -769,7 +878,8 @@ class SignalServer:
                 elif isinstance(action, Close):
                     conn = conns.get(action.conn)
                     if conn is not None:
-                        log.info("%s: closing (%s)", conn, action.reason)
+                        fields = {**conn.log_fields(), "reason": action.reason}
+                        log.info("%s: closing (%s)", conn, action.reason, extra=fields)
                         conn.close(action.code, action.reason)
         finally:
             self.end_batch(outer)

@@ -37,6 +37,7 @@ from flaskrtc.turn.allocation import (
 from flaskrtc.turn.auth import Credentials, NonceCheck, Nonces
 from flaskrtc.turn.policy import Access, PeerPolicy
 from flaskrtc.turn.ratelimit import TokenBuckets
+from flaskrtc.turn.stats import TurnStats
 from flaskrtc.turn.stun import (
     ERROR_REASONS,
     Attr,
@@ -91,11 +92,19 @@ Effect = ToClient | ToPeer
 class TurnError(Exception):
     """A request that fails; carries the error code and whether to sign the reply."""
 
-    def __init__(self, code: int, *, key: bytes | None = None, extra: dict[int, Any] | None = None):
+    def __init__(
+        self,
+        code: int,
+        *,
+        key: bytes | None = None,
+        extra: dict[int, Any] | None = None,
+        challenge: bool = False,
+    ):
         super().__init__(f"{code} {REASONS.get(code, '')}")
         self.code = code
         self.key = key
         self.extra = extra or {}
+        self.challenge = challenge  # the 401 to a request without credentials: no refusal
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,30 @@ def log_text(text: str, limit: int = MAX_LOGGED_USER) -> str:
     username can neither end the line nor fake another field."""
     escaped = text[:limit].encode("unicode_escape").decode("ascii").replace('"', '\\"')
     return escaped + ("..." if len(text) > limit else "")
+
+
+def _address_text(address: Any) -> str:
+    """``ip:port`` (``[ip]:port`` for IPv6) of an address tuple, for a log field."""
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def allocation_fields(allocation: Allocation) -> dict[str, Any]:
+    """The structured log fields of ``allocation`` (for the shell's expiry line)."""
+    return _fields(
+        allocation.five_tuple, allocation.username, relay=_address_text(allocation.relay.public)
+    )
+
+
+def _fields(ft: FiveTuple, username: str, **more: Any) -> dict[str, Any]:
+    """The structured log fields (JSON format) of a request on ``ft`` by ``username``."""
+    return {
+        "client": ft.client[0],
+        "port": ft.client[1],
+        "transport": ft.transport,
+        "user": username[:MAX_LOGGED_USER],
+        **more,
+    }
 
 
 class TurnCore:
@@ -150,6 +183,7 @@ class TurnCore:
         for ip in host_addresses:
             self._learn_host_address(ip)
         self._live = self.allocations.live
+        self.stats = TurnStats()
         self._unauth = TokenBuckets(limits.unauth_rate, max(1, limits.unauth_burst))
         self._auth_log = TokenBuckets(AUTH_LOG_RATE, AUTH_LOG_BURST)
         self._auth_log_total = TokenBuckets(AUTH_LOG_TOTAL_RATE, AUTH_LOG_TOTAL_BURST, 1)
@@ -159,6 +193,27 @@ class TurnCore:
             Method.CREATE_PERMISSION: self._create_permission,
             Method.CHANNEL_BIND: self._channel_bind,
         }
+
+    def configure(
+        self,
+        *,
+        limits: Limits | None = None,
+        policy: PeerPolicy | None = None,
+        credentials: Credentials | None = None,
+    ) -> None:
+        """Take new settings objects (a reload): later requests obey them. Nothing live is
+        touched: allocations over a lowered quota stay, and so do permissions a new peer
+        rule would refuse, until they expire or are refreshed (a refresh is checked anew)."""
+        if limits is not None:
+            old = self.limits
+            if (limits.unauth_rate, limits.unauth_burst) != (old.unauth_rate, old.unauth_burst):
+                # Fresh buckets: a client's saved-up burst under the old rate means nothing.
+                self._unauth = TokenBuckets(limits.unauth_rate, max(1, limits.unauth_burst))
+            self.limits = limits
+        if policy is not None:
+            self.policy = policy
+        if credentials is not None:
+            self.credentials = credentials
 
     # -- entry points ------------------------------------------------------------------
 
@@ -250,7 +305,9 @@ class TurnCore:
 
     def expire(self, now: float) -> list[Allocation]:
         """Expire allocations, permissions, channels and reservations (call every second)."""
-        return self.allocations.expire(now)
+        gone = self.allocations.expire(now)
+        self.stats.allocations_expired += len(gone)
+        return gone
 
     # -- requests ----------------------------------------------------------------------
 
@@ -291,6 +348,9 @@ class TurnCore:
                     allocation.response = data
             return data
         except TurnError as err:
+            if msg.method == Method.ALLOCATE and not err.challenge:
+                refused = self.stats.refused
+                refused[err.code] = refused.get(err.code, 0) + 1
             if err.key is None and not self._may_answer(ft, now):
                 return None
             log.debug(
@@ -305,15 +365,21 @@ class TurnCore:
             reply = msg.response(Class.ERROR, attrs)
             return serialize(reply, integrity_key=err.key, fingerprint=fingerprint)
 
-    def _challenge(self, code: int, ft: FiveTuple, now: float) -> TurnError:
+    def _challenge(
+        self, code: int, ft: FiveTuple, now: float, *, challenge: bool = False
+    ) -> TurnError:
         # 401/438 carry REALM and a fresh NONCE and nothing else (RFC 8489 §9.2.4).
         nonce = self.nonces.issue(ft.client[0], now)
-        return TurnError(code, extra={Attr.REALM: self.credentials.realm, Attr.NONCE: nonce})
+        return TurnError(
+            code,
+            extra={Attr.REALM: self.credentials.realm, Attr.NONCE: nonce},
+            challenge=challenge,
+        )
 
     def _authenticate(self, msg: Message, ft: FiveTuple, now: float) -> tuple[bytes, str]:
         """Long-term credential check, RFC 8489 §9.2.4; returns (key, username)."""
         if Attr.MESSAGE_INTEGRITY not in msg.attributes:
-            raise self._challenge(401, ft, now)
+            raise self._challenge(401, ft, now, challenge=True)
         username = msg.attributes.get(Attr.USERNAME)
         realm = msg.attributes.get(Attr.REALM)
         nonce = msg.attributes.get(Attr.NONCE)
@@ -343,13 +409,16 @@ class TurnCore:
         ip = ft.client[0]
         if not (self._auth_log.allow(ip, now) and self._auth_log_total.allow("", now)):
             return
+        why = reason or self.credentials.failure(username, realm, now)
         log.warning(
             'turn auth failure: client=%s port=%d transport=%s user="%s" reason=%s',
             ip,
             ft.client[1],
             ft.transport,
             log_text(username),
-            reason or self.credentials.failure(username, realm, now),
+            why,
+            # The JSON format escapes the user itself; only its length is bounded here.
+            extra=_fields(ft, username, reason=why),
         )
 
     def _own(self, ft: FiveTuple, key: bytes, username: str) -> Allocation:
@@ -473,6 +542,7 @@ class TurnCore:
             second=second,
         )
         self.allocations.add(allocation)
+        self.stats.allocations_created += 1
         for opened in (relay, kept, second):
             if opened is not None:
                 self._learn_host_address(opened.address[0])
@@ -485,7 +555,13 @@ class TurnCore:
             extra[Attr.RESERVATION_TOKEN] = reservation_token
         if dual_error:
             extra[error_attr] = (FAMILY_IPV6, dual_error, REASONS[dual_error])
-        log.debug("allocation %s for %s via %s", relay.public, username, ft.client)
+        log.debug(
+            "allocation %s for %s via %s",
+            relay.public,
+            username,
+            ft.client,
+            extra=_fields(ft, username, relay=_address_text(relay.public)),
+        )
         attributes = {
             Attr.XOR_RELAYED_ADDRESS: relay.public,
             **extra,
@@ -560,6 +636,13 @@ class TurnCore:
                 self.allocations.remove_family(allocation, family)
             else:
                 self.allocations.remove(allocation)
+            log.debug(
+                "allocation %s deleted by %s%s",
+                allocation.relay.public,
+                ft.client,
+                f" (IPv{family} relay only)" if family is not None else "",
+                extra=_fields(ft, username, relay=_address_text(allocation.relay.public)),
+            )
             return {Attr.LIFETIME: 0}
         lifetime = self._lifetime(msg)
         allocation.expires = now + lifetime

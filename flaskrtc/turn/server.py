@@ -34,8 +34,9 @@ from gevent.server import DatagramServer, StreamServer
 from flaskrtc.tls import HandshakeGuard
 from flaskrtc.turn.addressing import RelayAddressing, canonical_ip, is_wildcard
 from flaskrtc.turn.allocation import Address, Allocation, FiveTuple
-from flaskrtc.turn.core import ToClient, ToPeer, TurnCore
+from flaskrtc.turn.core import ToClient, ToPeer, TurnCore, allocation_fields
 from flaskrtc.turn.siblings import RelayTable
+from flaskrtc.turn.stats import TRANSPORTS, RelayCounts
 from flaskrtc.turn.stun import StunError, next_frame_length, stream_starts_with_stun
 
 log = logging.getLogger("flaskrtc.turn")
@@ -166,7 +167,7 @@ class UdpRelayPorts:
 class ClientLink:
     """How to reach one client: the UDP listener socket, or a TCP/TLS connection."""
 
-    __slots__ = ("address", "cmsg", "five_tuple", "lock", "pad", "raw", "stream")
+    __slots__ = ("address", "cmsg", "counts", "five_tuple", "lock", "pad", "raw", "stream")
 
     def __init__(
         self,
@@ -176,8 +177,12 @@ class ClientLink:
         stream: bool,
         cmsg: list[tuple[int, int, bytes]] | None = None,
         send_to: Any = None,
+        counts: RelayCounts | None = None,
     ) -> None:
         self.five_tuple = five_tuple  # built once per client, not per datagram
+        # The relay counters of the client's transport, found once per client: the hot path
+        # adds to them without looking anything up.
+        self.counts = counts if counts is not None else RelayCounts()
         # Where datagrams go: the address as the socket saw it (mapped on a dual-stack one).
         self.address = five_tuple.client if send_to is None else send_to
         self.raw = raw
@@ -234,6 +239,8 @@ class TurnServer:
         self.tls_address: Address | None = None
         self.pktinfo = False  # whether UDP clients' destination addresses are known
         self.families: set[int] = set()  # the address families clients can reach it over
+        # Datagrams relayed, per client transport (read by flaskrtc.metrics at scrape time).
+        self.relayed: dict[str, RelayCounts] = {name: RelayCounts() for name in TRANSPORTS}
 
     # -- relays --------------------------------------------------------------------------
 
@@ -247,6 +254,7 @@ class TurnServer:
         recvfrom = relay.sock.recvfrom
         allocation: Allocation | None = None
         link: ClientLink | None = None
+        counts = RelayCounts()  # replaced by the client's once its link is known
         while True:
             try:
                 data, peer = recvfrom(MAX_DATAGRAM)
@@ -264,12 +272,15 @@ class TurnServer:
                 link = allocation.shell
                 if link is None:
                     continue
+                counts = link.counts
             if len(peer) > 2:
                 peer = peer[:2]  # IPv6: drop flowinfo and scope id
             try:
                 out = from_peer(allocation, peer, data, link.pad)
                 if out is not None:
                     link.send(out)
+                    counts.to_client_packets += 1
+                    counts.to_client_bytes += len(data)
             except Exception:  # never let one packet end the relay
                 log.exception("relay %s: dropping a packet from %s", relay.address, peer)
 
@@ -284,12 +295,15 @@ class TurnServer:
                 return
             target = self.core.channel_data(allocation, data)
             if target is not None:
-                peer = target[0]
+                peer, payload = target
                 try:
                     # A dual allocation sends from the relay of the peer's family.
-                    allocation.relay_for(peer[0]).raw.sendto(target[1], peer)
+                    allocation.relay_for(peer[0]).raw.sendto(payload, peer)
                 except OSError:
-                    pass  # full buffer or unreachable peer: UDP drops it
+                    return  # full buffer or unreachable peer: UDP drops it
+                counts = link.counts
+                counts.to_peer_packets += 1
+                counts.to_peer_bytes += len(payload)
             return
         for effect in self.core.handle(data, five_tuple, self.clock()):
             if isinstance(effect, ToClient):
@@ -298,7 +312,9 @@ class TurnServer:
                 try:
                     effect.allocation.relay_for(effect.peer[0]).raw.sendto(effect.data, effect.peer)
                 except OSError:
-                    pass
+                    continue
+                link.counts.to_peer_packets += 1  # a Send indication's DATA
+                link.counts.to_peer_bytes += len(effect.data)
         allocation = self.core.allocations.by_five_tuple.get(five_tuple)
         if allocation is not None and allocation.shell is None:
             allocation.shell = link
@@ -342,6 +358,10 @@ class TurnServer:
             self.tls_address = (host, sockets.tls[0].getsockname()[1])
         self._sweeper = gevent.spawn(self._sweep)
 
+    def tls_servers(self) -> list[HandshakeGuard]:
+        """The TURN-over-TLS listeners (a reload hands them a new certificate)."""
+        return [server for server in self.servers if isinstance(server, _TlsServer)]
+
     def _sweep(self) -> None:
         while True:
             gevent.sleep(self.sweep_interval)
@@ -351,7 +371,11 @@ class TurnServer:
         """Expire what is due; an expired TCP/TLS allocation takes its stream with it."""
         try:
             for allocation in self.core.expire(self.clock()):
-                log.debug("allocation %s expired", allocation.relay.public)
+                log.debug(
+                    "allocation %s expired",
+                    allocation.relay.public,
+                    extra=allocation_fields(allocation),
+                )
                 if isinstance(allocation.shell, ClientLink):
                     allocation.shell.close()
             for server in self.servers:
@@ -383,7 +407,7 @@ class TurnServer:
             pass
         here = sock.getsockname()
         five_tuple = FiveTuple(transport, client, (canonical_ip(here[0]), here[1]))
-        link = ClientLink(five_tuple, sock, stream=True)
+        link = ClientLink(five_tuple, sock, stream=True, counts=self.relayed[transport])
         buf = bytearray()
         opened = False  # set once the stream has shown it starts with STUN
         allocations = self.core.allocations
@@ -416,7 +440,12 @@ class TurnServer:
                         try:
                             self.client_input(frame, link)
                         except Exception:
-                            log.exception("%s %s: dropping a message", transport, client)
+                            log.exception(
+                                "%s %s: dropping a message",
+                                transport,
+                                client,
+                                extra={"client": client[0], "transport": transport},
+                            )
                     if len(buf) > MAX_STREAM_BUFFER:
                         return
                     continue
@@ -529,7 +558,11 @@ class _UdpListener(DatagramServer):  # type: ignore[misc]
                 return
             self.turn.client_input(data, link)
         except Exception:
-            log.exception("udp %s: dropping a datagram", address)
+            log.exception(
+                "udp %s: dropping a datagram",
+                address,
+                extra={"client": address[0], "transport": "udp"},
+            )
 
     def prune(self) -> int:
         """Forget the links whose allocation has ended (expired, deleted); returns how many."""
@@ -548,7 +581,14 @@ class _UdpListener(DatagramServer):  # type: ignore[misc]
         if found is not None:
             server_ip, cmsg = found
         five_tuple = FiveTuple("udp", client, (server_ip, self.address[1]))
-        return ClientLink(five_tuple, self._socket, stream=False, cmsg=cmsg, send_to=address)
+        return ClientLink(
+            five_tuple,
+            self._socket,
+            stream=False,
+            cmsg=cmsg,
+            send_to=address,
+            counts=self.turn.relayed["udp"],
+        )
 
 
 @dataclass

@@ -43,11 +43,12 @@ def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_shipped_config_equals_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     config = load_config(str(REPO / "configs" / "config.ini"), {}, {})
-    assert (config.general, config.turn, config.log_level, config.cluster) == (
+    assert (config.general, config.turn, config.log_level, config.cluster, config.metrics) == (
         DEFAULTS.general,
         DEFAULTS.turn,
         DEFAULTS.log_level,
         DEFAULTS.cluster,
+        DEFAULTS.metrics,
     )
     # With no --config, the same file is found relative to the working directory.
     implicit = load_config(None, {}, {})
@@ -776,4 +777,52 @@ def test_cluster_is_off_by_default_and_validated(tmp_path: Path) -> None:
     # A password in a bad URL is not printed back.
     with pytest.raises(ConfigError) as info:
         load_config(None, {}, {"cluster.redis_url": "redis://:hunter2@h:99999"})
+    assert "hunter2" not in str(info.value) and "***" in str(info.value)
+
+
+def test_metrics_are_off_by_default_loopback_only_and_without_token(tmp_path: Path) -> None:
+    config = load_config(None, {}, {})
+    assert config.metrics.enabled is False
+    assert config.metrics.allow == ("127.0.0.0/8", "::1/128")
+    assert config.metrics.token == ""
+
+
+def test_metrics_keys_from_file_environment_and_overrides(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "m.ini",
+        "[metrics]\nenabled = yes\nallow = 10.1.2.3/8, 2001:db8::/32\ntoken = abcdefghijklmnop\n",
+    )
+    config = load_config(str(path), {}, {})
+    assert config.metrics.enabled is True
+    assert config.metrics.allow == ("10.0.0.0/8", "2001:db8::/32")
+    assert config.metrics.token == "abcdefghijklmnop"
+    env = {"FLASKRTC_METRICS_ENABLED": "false", "FLASKRTC_METRICS_ALLOW": ""}
+    config = load_config(str(path), env, {})
+    assert config.metrics.enabled is False and config.metrics.allow == ()
+    assert load_config(str(path), env, {"metrics.token": ""}).metrics.token == ""
+    # A typo in a [metrics] variable is an error, as in the other sections.
+    with pytest.raises(ConfigError, match="FLASKRTC_METRICS_ENABLE"):
+        load_config(None, {"FLASKRTC_METRICS_ENABLE": "1"}, {})
+    with pytest.raises(ConfigError, match=r"metrics\.port"):
+        load_config(str(write(tmp_path / "n.ini", "[metrics]\nport = 9100\n")), {}, {})
+
+
+@pytest.mark.parametrize(
+    ("key", "bad", "expected"),
+    [
+        ("metrics.enabled", "maybe", "true or false"),
+        ("metrics.allow", "10.0.0.0/8, nowhere", "'nowhere' is neither"),
+        ("metrics.token", "short", "at least 16 characters"),
+        ("metrics.token", "sixteen chars with spaces", "printable ASCII"),
+    ],
+)
+def test_bad_metrics_values_are_refused(key: str, bad: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected) as info:
+        load_config(None, {}, {key: bad})
+    assert key in str(info.value)
+
+
+def test_a_bad_metrics_token_is_not_printed() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {}, {"metrics.token": "hunter2 hunter2 hunter2"})
     assert "hunter2" not in str(info.value) and "***" in str(info.value)

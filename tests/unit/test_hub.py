@@ -494,3 +494,55 @@ def test_the_last_peer_leaving_sends_nothing_and_cancels_the_pending_list() -> N
     assert hub.disconnect("c2", 0.0) == []  # nobody is left to tell
     assert hub.next_deadline() is None
     assert hub.poll(10.0) == []
+
+
+# -- calls in progress (the status page's count) -----------------------------------------
+
+
+def call(w: Wire, a: str, b: str) -> None:
+    """``a`` offers to ``b``, ``b`` answers (conns are named like the peers)."""
+    w.send(a, "offer", {"to": b, "session_id": f"{a}-{b}", "description": {"type": "offer"}})
+    w.send(b, "answer", {"to": a, "session_id": f"{a}-{b}", "description": {"type": "answer"}})
+
+
+def test_a_call_is_in_progress_from_the_answer_until_bye() -> None:
+    w = Wire()
+    for peer in ("a", "b", "c", "d"):
+        w.join(peer, peer)
+    w.send("a", "offer", {"to": "b", "session_id": "a-b", "description": {}})
+    assert w.hub.call_count() == 0  # an offer alone is no call
+    call(w, "a", "b")
+    call(w, "a", "b")  # a renegotiation is the same call
+    call(w, "c", "d")
+    assert w.hub.call_count() == 2
+    w.send("b", "bye", {"session_id": "a-b"})
+    assert w.hub.call_count() == 1
+
+
+def test_a_call_ends_when_either_side_leaves_or_disconnects() -> None:
+    w = Wire()
+    for peer in ("a", "b", "c", "d"):
+        w.join(peer, peer)
+    call(w, "a", "b")
+    call(w, "c", "d")
+    call(w, "a", "c")
+    assert w.hub.call_count() == 3
+    w.drop("a")  # a's two calls end, c-d goes on
+    assert w.hub.call_count() == 1
+    w.send("d", "leave")
+    assert w.hub.call_count() == 0
+
+
+def test_a_call_with_a_peer_of_another_instance_ends_with_its_leave() -> None:
+    w = Wire()
+    w.join("a", "a")
+    w.hub._calls_end("x")  # nothing to end: no error
+    w.hub._call_started("a", "x")  # as an answer relayed to another instance records it
+    assert w.hub.call_count() == 1
+    w.deliver(w.hub.remote_changed(w.now, left=["x"]))
+    assert w.hub.call_count() == 0
+    w.hub._call_started("a", "x")
+    # A bye relayed from the other instance for a local peer ends it too.
+    bye = {"type": "bye", "data": {"session_id": "x-a", "to": "a"}}
+    w.hub.deliver("a", json.dumps(bye, separators=(",", ":")))  # as the hub writes it
+    assert w.hub.call_count() == 0

@@ -13,6 +13,7 @@ from flaskrtc.signal.protocol import (
     Leave,
     New,
     ProtocolError,
+    forwarded,
     parse,
 )
 
@@ -147,3 +148,75 @@ def test_messages_are_sent_as_utf8_not_escaped() -> None:
     from flaskrtc.signal.protocol import message
 
     assert message("peers", [{"name": "Zoë 😀"}]) == '{"type":"peers","data":[{"name":"Zoë 😀"}]}'
+
+
+# -- the apps' shape, forwarded without encoding it again ------------------------------
+
+
+def app_text(type_: str, data_text: str) -> bytes:
+    """A message as the apps write it: type first, then data, no spaces."""
+    return ('{"type":"' + type_ + '","data":' + data_text + "}").encode()
+
+
+def test_app_shaped_forward_goes_out_as_the_client_wrote_it_with_from_added() -> None:
+    # An escape the client chose, a field the server does not know, key order: kept as is.
+    data_text = (
+        '{"to":"2","session_id":"1-2",'
+        '"description":{"sdp":"caf\\u00e9","type":"offer"},"x":[1,2.50]}'
+    )
+    req = parse(app_text("offer", data_text))
+    assert isinstance(req, Forward) and req.raw == data_text
+    out = forwarded(req, "1")
+    assert out == '{"type":"offer","data":{"from":"1",' + data_text[1:] + "}"
+    assert json.loads(out) == {"type": "offer", "data": {**json.loads(data_text), "from": "1"}}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # A client's own "from" (the server's replaces it: the object is encoded again).
+        '{"type":"answer","data":{"to":"2","from":"spoofed","description":{}}}',
+        # Keys in another order, spaces, another key after data: the full parse.
+        '{"data":{"to":"2","description":{}},"type":"answer"}',
+        '{"type":"answer", "data": {"to":"2","description":{}}}',
+        '{"type":"answer","data":{"to":"2","description":{}},"extra":1}',
+        '{"type":"answer","data":{"to":"2","description":{}}}  ',
+    ],
+)
+def test_every_shape_forwards_the_same_message(text: str) -> None:
+    req = parse(text.encode())
+    assert isinstance(req, Forward)
+    sent = json.loads(forwarded(req, "1"))
+    expected = json.loads(text)
+    expected.pop("extra", None)
+    expected["data"]["from"] = "1"
+    assert sent == expected
+    assert sent["data"]["from"] == "1"
+    if "spoofed" in text:
+        assert req.raw is None and "spoofed" not in forwarded(req, "1")
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('{"type":"offer","data":{"to":"2","description":{}}}}', "message is not valid JSON"),
+        ('{"type":"offer","data":{"to":"2","description":{}}} x', "message is not valid JSON"),
+        ('{"type":"offer","data":{"to":"2","description":{}', "message is not valid JSON"),
+        ('{"type":"offer","data":{"to":"2"}}', "data.description must be an object"),
+        ('{"type":"offer","data":{"description":{}}}', "data.to is required"),
+        ('{"type":"offer","data":[1]}', "data must be an object"),
+        ('{"type":"offer","data":{}}', "data.to is required"),
+    ],
+)
+def test_app_shaped_bad_input_gets_the_same_error_as_any_shape(text: str, reason: str) -> None:
+    with pytest.raises(ProtocolError) as err:
+        parse(text.encode())
+    assert err.value.reason == reason
+    # The same message in another shape (key order) is refused for the same reason.
+    try:
+        other = json.loads(text)
+    except ValueError:
+        return  # not JSON at all: no other shape of it
+    with pytest.raises(ProtocolError) as again:
+        parse(json.dumps({"data": other["data"], "type": other["type"]}).encode())
+    assert again.value.reason == reason

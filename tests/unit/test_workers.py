@@ -18,12 +18,14 @@ from flaskrtc.turn.siblings import RelayTable, SiblingRelays
 from flaskrtc.turn.stun import Attr, Class, Method
 from flaskrtc.workers import (
     MAX_RESTART_DELAY,
+    PARENT_KEYS,
     RESTART_DELAY,
     Supervisor,
     parse_role,
     port_shares,
     worker_command,
     worker_settings,
+    worker_share,
 )
 from tests.unit.test_turn_core import Client, error, make_core
 
@@ -41,7 +43,7 @@ def test_port_shares_cover_the_range_without_overlap(low: int, high: int, count:
     assert max(sizes) - min(sizes) <= 1
 
 
-def test_worker_settings_divide_the_quotas_and_keep_the_ports() -> None:
+def test_worker_settings_keep_the_ports_and_share_the_relay_range() -> None:
     config = Config(
         GeneralConfig(workers=3),
         TurnConfig(min_port=40000, max_port=40299, user_quota=10, ip_quota=2, total_quota=0),
@@ -53,8 +55,17 @@ def test_worker_settings_divide_the_quotas_and_keep_the_ports() -> None:
     for s in settings:
         assert (s["general.port"], s["turn.port"], s["turn.tls_port"]) == ("8086", "19302", "5349")
         assert s["general.workers"] == "1"  # a worker supervises nothing itself
-        # 10 // 3 = 3 each (9 in all, never more than 10); 2 // 3 = 0 -> at least 1; 0 = off.
-        assert (s["turn.user_quota"], s["turn.ip_quota"], s["turn.total_quota"]) == ("3", "1", "0")
+        # Quotas are not fixed by flags: a worker divides them on each (re)load of the config.
+        assert not any(key.endswith("_quota") for key in s)
+        assert set(s) <= set(PARENT_KEYS)  # the keys only the parent can say need a restart
+
+
+def test_worker_share_divides_the_quotas() -> None:
+    config = Config(GeneralConfig(), TurnConfig(user_quota=10, ip_quota=2, total_quota=0))
+    turn = worker_share(config, 3).turn
+    # 10 // 3 = 3 each (9 in all, never more than 10); 2 // 3 = 0 -> at least 1; 0 = off.
+    assert (turn.user_quota, turn.ip_quota, turn.total_quota) == (3, 1, 0)
+    assert worker_share(config, 1).turn == config.turn
 
 
 def test_worker_command_carries_the_parents_flags_role_and_settings() -> None:
@@ -182,6 +193,34 @@ def test_stop_terms_every_worker_then_kills_the_stubborn_and_restarts_none() -> 
     assert fakes.procs[1].code == -9  # killed after the timeout
     sup.step()
     assert len(fakes.procs) == 2  # stopping: nothing is started again
+
+
+def test_reload_runs_the_parents_part_then_sends_sighup_to_each_running_worker() -> None:
+    order: list[str] = []
+    fakes = Fakes()
+    sup = Supervisor(
+        [["w", "1"], ["w", "2"], ["w", "3"]],
+        clock=fakes.clock,
+        popen=cast(Any, fakes.popen),
+        on_reload=lambda: order.append("parent"),
+    )
+    sup.step()
+    fakes.procs[2].code = 1  # exited, not yet restarted: nobody to tell
+    assert sup.reload() == 2
+    assert order == ["parent"]
+    assert fakes.procs[0].signals == fakes.procs[1].signals == [signal.SIGHUP]
+    assert fakes.procs[2].signals == []
+
+
+def test_a_failing_parent_reload_still_reaches_the_workers() -> None:
+    def broken() -> None:
+        raise RuntimeError("bug")
+
+    fakes = Fakes()
+    popen = cast(Any, fakes.popen)
+    sup = Supervisor([["w", "1"]], clock=fakes.clock, popen=popen, on_reload=broken)
+    sup.step()
+    assert sup.reload() == 1 and fakes.procs[0].signals == [signal.SIGHUP]
 
 
 def test_relay_table_is_shared_between_mappings(tmp_path: Path) -> None:

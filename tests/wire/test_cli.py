@@ -8,11 +8,13 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import types
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,8 +113,10 @@ def captured(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[o
     """Stand in for flaskrtc.server; collect the Config ``run`` would have been given."""
     calls: list[object] = []
 
-    def fake_run(config: object, role: object = None) -> int:
+    def fake_run(config: object, role: object = None, reload_config: Any = None) -> int:
         assert role is None  # not a worker of a parent
+        # A reload reads the same sources: unchanged, they give the same config.
+        assert reload_config is not None and reload_config() == config
         calls.append(config)
         return 7
 
@@ -127,7 +131,9 @@ def captured(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[o
     # main() configures logging; give the other tests their root logger back.
     root, noisy = logging.getLogger(), logging.getLogger("geventwebsocket.handler")
     handlers, level, noisy_level = root.handlers[:], root.level, noisy.level
+    hangup = signal.getsignal(signal.SIGHUP)  # main() ignores it until the server serves
     yield calls
+    signal.signal(signal.SIGHUP, hangup)
     root.handlers[:] = handlers
     root.setLevel(level)
     noisy.setLevel(noisy_level)

@@ -34,6 +34,8 @@ class TurnProcess(ServerProcess):
         workdir: Path,
         general: dict[str, str] | None = None,
         cluster: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        metrics: dict[str, str] | None = None,
         **turn: str,
     ) -> None:
         extra = {
@@ -47,8 +49,9 @@ class TurnProcess(ServerProcess):
         extra.update({f"turn.{k}": v for k, v in turn.items()})
         extra.update({f"general.{k}": v for k, v in (general or {}).items()})
         extra.update({f"cluster.{k}": v for k, v in (cluster or {}).items()})
+        extra.update({f"metrics.{k}": v for k, v in (metrics or {}).items()})
         extra["general.log_level"] = os.environ.get("FLASKRTC_TEST_LOG_LEVEL", "INFO")
-        super().__init__(workdir, extra=extra)
+        super().__init__(workdir, extra=extra, args=args)
 
     def credentials(self, user: str = "test", host: str = "127.0.0.1") -> dict[str, Any]:
         """/api/turn's answer, asked over ``host`` (an IP literal)."""
