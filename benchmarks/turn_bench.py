@@ -305,9 +305,13 @@ def start_forwarder(upstream_port: int, workdir: Path) -> tuple[subprocess.Popen
 # -- (1) relay cost -----------------------------------------------------------------------
 
 
-def run_uclient(uclient: str, port: int, length: int, args: argparse.Namespace) -> dict[str, float]:
+def run_uclient(
+    uclient: str, port: int, length: int, args: argparse.Namespace, processes: int = 1
+) -> dict[str, float]:
     """turnutils_uclient -y against ``port``; its totals (NaN when it failed).
-    ``args.extra``: more uclient flags (workers_bench passes -c: no RTCP allocations)."""
+    ``args.extra``: more uclient flags (workers_bench passes -c: no RTCP allocations).
+    ``processes``: that many uclients at once (one uclient paces itself and cannot load a
+    server on a fast core); their totals are summed, the loss over all of them."""
     cmd = [
         uclient,
         "-y",
@@ -327,25 +331,68 @@ def run_uclient(uclient: str, port: int, length: int, args: argparse.Namespace) 
         HOST,
     ]
     start = time.monotonic()
-    try:
-        done = subprocess.run(
-            cmd, capture_output=True, text=True, errors="replace", timeout=args.uclient_timeout
+    procs = [
+        subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
         )
-        output = done.stdout + done.stderr
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout or b""
-        output = out.decode(errors="replace") if isinstance(out, bytes) else out
+        for _ in range(processes)
+    ]
+    outputs = []
+    try:
+        for proc in procs:
+            left = max(1.0, args.uclient_timeout - (time.monotonic() - start))
+            try:
+                out, _ = proc.communicate(timeout=left)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, _ = proc.communicate()
+            outputs.append(out or "")
+    finally:
+        for proc in procs:  # also when the benchmark itself is stopped meanwhile
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     elapsed = time.monotonic() - start
     nan = float("nan")
-    totals = re.findall(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", output)
-    lost = re.search(r"Total lost packets (\d+) \(([\d.]+)%\)", output)
+    sent = received = lost = rate = 0.0
+    for output in outputs:
+        rate += sending_rate(output)
+        totals = re.findall(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", output)
+        found = re.search(r"Total lost packets (\d+) \(([\d.]+)%\)", output)
+        if not totals or not found:
+            return {"sent": nan, "received": nan, "lost": nan, "lost_pct": nan, "seconds": elapsed}
+        sent += float(totals[-1][0])
+        received += float(totals[-1][1])
+        lost += float(found.group(1))
     return {
-        "sent": float(totals[-1][0]) if totals else nan,
-        "received": float(totals[-1][1]) if totals else nan,
-        "lost": float(lost.group(1)) if lost else nan,
-        "lost_pct": float(lost.group(2)) if lost else nan,
+        "sent": sent,
+        "received": received,
+        "lost": lost,
+        "lost_pct": 100.0 * lost / sent if sent else nan,
         "seconds": elapsed,
+        "rate": rate,
     }
+
+
+def sending_rate(output: str) -> float:
+    """Messages received per second while a uclient was sending (NaN if it ran too briefly
+    to tell), from its once-a-second ``N: : start_mclient: msz=..., tot_send_msgs=S,
+    tot_recv_msgs=R`` lines. Its wall time would also count its allocations and the seconds
+    it waits at the end for what was lost."""
+    points = [
+        (int(t), int(sent), int(recv))
+        for t, sent, recv in re.findall(
+            r"^(\d+): : start_mclient: msz=\d+, tot_send_msgs=(\d+), tot_recv_msgs=(\d+)",
+            output,
+            re.MULTILINE,
+        )
+    ]
+    total = max((sent for _, sent, _ in points), default=0)
+    window = [p for p in points if 0 < p[1] < total]
+    if len(window) < 2 or window[-1][0] == window[0][0]:
+        return float("nan")
+    (t0, _, r0), (t1, _, r1) = window[0], window[-1]
+    return (r1 - r0) / (t1 - t0)
 
 
 def measure_relay(

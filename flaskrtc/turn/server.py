@@ -694,6 +694,39 @@ def listen_hosts(bind: str) -> list[tuple[str, bool | None]]:
     return [("0.0.0.0", None)]
 
 
+# The UDP listener's receive and send buffers: every client's packets wait in the one socket
+# while the process is busy elsewhere (a TLS handshake, an Allocate's HMAC, the garbage
+# collector). Linux's default (212 KB, about 200 small datagrams) overflows within a few ms
+# of a saturated relay; coturn asks for more as well. The kernel caps the size at
+# net.core.rmem_max / wmem_max.
+UDP_BUFFER = 4 * 1024 * 1024
+# Below this effective size a start-up line says how to raise the cap (Linux reports twice
+# what was granted, for its own bookkeeping).
+UDP_BUFFER_NOTE = 1024 * 1024
+
+
+def grow_udp_buffers(sock: socket.socket, size: int = UDP_BUFFER) -> int:
+    """Ask for ``size`` bytes of receive and send buffer on UDP socket ``sock``; the receive
+    buffer it got (as the kernel reports it)."""
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+        except OSError:
+            pass  # the kernel keeps its default: the listener works, only with less slack
+    return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+
+
+def buffer_note(granted: int) -> str | None:
+    """The start-up line for a UDP receive buffer of ``granted`` bytes, if it is small."""
+    if granted >= UDP_BUFFER_NOTE:
+        return None
+    return (
+        f"TURN UDP receive buffer is {granted // 1024} KB (capped by net.core.rmem_max):"
+        " bursts at a busy relay may drop packets; raise the cap with"
+        f" 'sysctl -w net.core.rmem_max={UDP_BUFFER} net.core.wmem_max={UDP_BUFFER}'"
+    )
+
+
 def bound_socket(
     kind: int, host: str, port: int, v6only: bool | None, reuse_port: bool = False
 ) -> gevent.socket.socket:
@@ -716,7 +749,16 @@ def bound_socket(
     except OSError:
         sock.close()
         raise
+    if kind == socket.SOCK_DGRAM:
+        note = buffer_note(grow_udp_buffers(sock))
+        if note is not None and note not in _notes_logged:
+            # One line per process, however many sockets (families, workers' sets) it binds.
+            _notes_logged.add(note)
+            log.info("%s", note)
     return sock
+
+
+_notes_logged: set[str] = set()
 
 
 # Where a UDP socket is "connected" to find the source address the kernel would use toward

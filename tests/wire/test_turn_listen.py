@@ -1,13 +1,17 @@
-"""TurnServer.start with port 0: UDP and TCP must end up on one port number."""
+"""TURN's listeners: port 0 gives UDP and TCP one port number; TCP without Nagle; a UDP
+buffer that holds a burst."""
 
 from __future__ import annotations
 
 import socket
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import flaskrtc.turn.server as turn_server
+from flaskrtc.turn.stun import Class, Message, Method, parse, serialize
 from tests.unit.test_turn_core import make_core
 
 
@@ -81,3 +85,65 @@ def test_tcp_clients_get_no_nagle_delay(monkeypatch: pytest.MonkeyPatch) -> None
         assert seen == [1]
     finally:
         server.stop()
+
+
+def test_udp_listener_asks_for_a_large_buffer() -> None:
+    """The kernel grants what was asked up to net.core.rmem_max (Linux reports twice that);
+    without the request it would keep its default (212 KB, about 200 small datagrams)."""
+    sockets = turn_server.bind_turn_sockets("127.0.0.1", 0, 0)
+    try:
+        granted = sockets.udp[0].getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        cap = Path("/proc/sys/net/core/rmem_max")
+        if cap.exists():
+            expected = 2 * min(turn_server.UDP_BUFFER, int(cap.read_text()))
+            assert granted == expected
+        else:
+            assert granted >= turn_server.UDP_BUFFER  # other systems report what they grant
+    finally:
+        for sock in sockets.all():
+            sock.close()
+
+
+def test_a_burst_arriving_while_the_server_is_busy_is_answered_in_full() -> None:
+    """2000 Binding requests land while the server cannot read (this test holds the only
+    thread and never yields): all wait in the listener's buffer and are answered once it
+    reads again. With the kernel's default buffer most of them were dropped."""
+    import gevent
+
+    cap = Path("/proc/sys/net/core/rmem_max")
+    if cap.exists() and int(cap.read_text()) < turn_server.UDP_BUFFER_NOTE:
+        pytest.skip("net.core.rmem_max is below 1 MB here: the buffer cannot be grown")
+    core, _ = make_core(unauth_rate=0)  # Bindings are unsigned replies: no per-IP limit
+    server = turn_server.TurnServer(core)
+    server.start(bind="127.0.0.1", port=0, tls_port=0, ssl_context=None)
+    count = 2000
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the standard, blocking one
+    try:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, turn_server.UDP_BUFFER)
+        client.bind(("127.0.0.1", 0))
+        assert server.udp_address is not None
+        ids = set()
+        for _ in range(count):
+            request = Message(Method.BINDING, Class.REQUEST)
+            ids.add(request.transaction_id)
+            client.sendto(serialize(request), server.udp_address)  # no yield: server idle
+        client.setblocking(False)
+        answered = set()
+        deadline = time.monotonic() + 20
+        while len(answered) < count and time.monotonic() < deadline:
+            try:
+                answered.add(parse(client.recv(2048)).transaction_id)
+            except BlockingIOError:
+                gevent.sleep(0.001)  # the server reads and answers meanwhile
+        assert answered == ids
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_a_small_granted_buffer_is_said_at_start_up_with_the_fix() -> None:
+    assert turn_server.buffer_note(2 * turn_server.UDP_BUFFER) is None
+    assert turn_server.buffer_note(turn_server.UDP_BUFFER_NOTE) is None
+    note = turn_server.buffer_note(425984)  # Debian's default cap, doubled
+    assert note is not None
+    assert "416 KB" in note and "net.core.rmem_max=4194304" in note
