@@ -19,11 +19,12 @@ coturn (``turnserver``, ``turnutils_uclient``), which the whole run is skipped w
 
 ``--metrics-cost`` runs only this instead: the relay cost of (1) for flaskrtc with
 ``[metrics] enabled = false`` and with it on and /metrics scraped every second (15 times
-more often than Prometheus' default), rounds alternating between the two, and the ratio of
-the medians. The counters themselves are always kept (they are plain integer additions on
-the relay path, also read by the status page); ``--baseline-tree DIR`` adds a third server
-run from another source tree (e.g. ``git archive`` of the commit before the counters), whose
-ratio is the cost of counting at all.
+more often than Prometheus' default), all servers loaded at once in each round (each by its
+own uclient, the same load), and the ratio of the medians over the rounds. The counters
+themselves are always kept (they are plain integer additions on the relay path, also read
+by the status page); ``--baseline-tree DIR`` adds a third server run from another source
+tree (e.g. ``git archive`` of the commit before the counters), whose ratio is the cost of
+counting at all.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import re
 import resource
 import selectors
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -616,20 +618,35 @@ def metrics_cost(uclient: str, args: argparse.Namespace, lengths: list[int]) -> 
                 servers.append(server)
             print(
                 f"metrics cost: uclient -y -m {args.clients} -n {args.messages} -z"
-                f" {args.interval}, {args.rounds} rounds alternating; {os.cpu_count()} CPUs;"
+                f" {args.interval}, {args.rounds} rounds, the servers side by side;"
+                f" {os.cpu_count()} CPUs;"
                 " server CPU per message received (2 hops through the server); /metrics"
                 f" scraped every {args.scrape_interval:g} s"
             )
             for length in lengths:
                 runs: dict[str, list[float]] = {server.name: [] for server in servers}
                 for round_ in range(args.rounds):
-                    # Alternate the order, so that a drift of the machine's load over the run
-                    # does not favour one server.
-                    ordered = servers if round_ % 2 == 0 else servers[::-1]
-                    for server in ordered:
-                        result, (cpu,) = measure_relay(
+                    # All servers at once, each with its own uclient and the same load: a
+                    # change of the machine's speed or of other work during the round touches
+                    # them all alike (one after the other, single runs spread by ±20% here).
+                    measured: dict[str, tuple[dict[str, float], list[float]]] = {}
+
+                    def one(
+                        server: Server,
+                        length: int = length,
+                        measured: dict[str, tuple[dict[str, float], list[float]]] = measured,
+                    ) -> None:
+                        measured[server.name] = measure_relay(
                             uclient, server.port, length, [server.pid], args
                         )
+
+                    threads = [threading.Thread(target=one, args=(s,)) for s in servers]
+                    for thread in threads:
+                        thread.start()
+                    for thread in threads:
+                        thread.join()
+                    for server in servers:
+                        result, (cpu,) = measured[server.name]
                         runs[server.name].append(per_msg_us(cpu, result))
                         print(
                             f"    payload {length} B, round {round_ + 1}, {server.name:12}"
@@ -692,6 +709,8 @@ def main() -> int:
     )
     parser.add_argument("--forward", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    # SIGTERM ends the run through the finally blocks: every server it started is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.forward:
         forward(args.forward, max_seconds=600)
         return 0

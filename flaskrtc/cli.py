@@ -326,7 +326,8 @@ def build_reload_parser() -> argparse.ArgumentParser:
         description="Make a running flaskrtc read its config again, without dropping a call: "
         "it sends the server SIGHUP (as 'kill -HUP PID' or 'systemctl reload' would). The "
         "server's log says what was reloaded and which changed keys need a restart. "
-        "Windows has no SIGHUP: there, restart the server to apply a changed config.",
+        "Windows has no SIGHUP: there, set [general] reload_watch (seconds) and the server "
+        "reloads by itself when its config file, certificate or key changes.",
         epilog="Exit status: 0 when the signal was sent (the server's log has the outcome); "
         "2 when there is no such process, the pid file cannot be read, or on Windows.",
     )
@@ -348,8 +349,9 @@ def reload_command(argv: list[str]) -> int:
     hangup = getattr(signal, "SIGHUP", None)
     if hangup is None:
         print(
-            "flaskrtc reload: this OS (Windows) has no SIGHUP: restart the server to apply "
-            "a changed config",
+            "flaskrtc reload: this OS (Windows) has no SIGHUP: set [general] reload_watch "
+            "(seconds) and the server reloads by itself when its config file, certificate or "
+            "key changes",
             file=sys.stderr,
         )
         return 2

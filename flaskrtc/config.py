@@ -52,6 +52,9 @@ class GeneralConfig:
     # CIDRs of reverse proxies whose Forwarded / X-Forwarded-For headers name the client;
     # empty: trust nobody, the TCP peer is the client.
     trusted_proxies: tuple[str, ...] = ()
+    # Seconds between looks at the config file, certificate and key; a change reloads them as
+    # SIGHUP does (the way to reload on Windows, which has no SIGHUP). 0 = off.
+    reload_watch: float = 0.0
 
     @property
     def effective_idle_timeout(self) -> float:
@@ -439,6 +442,17 @@ def _mask_url(text: str) -> str:
     return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", text)
 
 
+def _reload_watch(text: str) -> float:
+    expected = "seconds between checks from 1 to 86400, or 0 (off)"
+    try:
+        value = float(text.strip() or 0)
+    except ValueError:
+        raise ValueError(expected) from None
+    if not math.isfinite(value) or not (value == 0 or 1 <= value <= 86400):
+        raise ValueError(expected)
+    return value
+
+
 def _heartbeat(text: str) -> float:
     expected = "seconds from 0.1 to 60"
     try:
@@ -499,6 +513,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "general.workers": _workers,
     "general.log_format": _log_format,
     "general.trusted_proxies": _networks,
+    "general.reload_watch": _reload_watch,
     "turn.public_ip": _public_ip,
     "turn.port": _port,
     "turn.tls_port": _port,

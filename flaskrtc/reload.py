@@ -14,6 +14,8 @@ restart: a new key is safe by default.
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from flaskrtc.config import Config
@@ -85,3 +87,53 @@ def merge(running: Config, new: Config) -> Config:
         }
         sections[section] = dataclasses.replace(values, **updates)
     return dataclasses.replace(running, log_level=new.log_level, **sections)
+
+
+# What tells a file's versions apart: modification time, size and inode (a renewal that
+# renames a new file into place changes the inode even within one timestamp tick); None
+# while the file is missing.
+Signature = tuple[int, int, int] | None
+
+
+def signature(path: str, stat: Callable[[str], os.stat_result] = os.stat) -> Signature:
+    """``path``'s :data:`Signature`."""
+    try:
+        found = stat(path)
+    except OSError:
+        return None
+    return (found.st_mtime_ns, found.st_size, found.st_ino)
+
+
+class FileWatch:
+    """Which of some files changed since the last reload, for ``[general] reload_watch``.
+
+    :meth:`due` is called every interval. It names the changed files only once they look
+    the same at two calls in a row: a certificate and its key written one after the other,
+    or a config file an editor is still writing, are reloaded once they are complete, not
+    half-way. ``stat`` is injectable for tests.
+    """
+
+    def __init__(
+        self, paths: Iterable[str], stat: Callable[[str], os.stat_result] = os.stat
+    ) -> None:
+        self.stat = stat
+        self.retarget(paths)
+
+    def retarget(self, paths: Iterable[str]) -> None:
+        """Watch ``paths`` from now on, as they are now (after a reload that moved them)."""
+        self.paths = tuple(dict.fromkeys(paths))
+        self._applied = self._look()
+        self._last = self._applied
+
+    def _look(self) -> tuple[Signature, ...]:
+        return tuple(signature(path, self.stat) for path in self.paths)
+
+    def due(self) -> list[str]:
+        """The files that changed since the last reload and have settled; empty: no reload."""
+        now = self._look()
+        settled, self._last = now == self._last, now
+        if not settled or now == self._applied:
+            return []
+        changed = [p for p, a, b in zip(self.paths, self._applied, now, strict=True) if a != b]
+        self._applied = now
+        return changed

@@ -26,7 +26,7 @@ from flaskrtc.forwarded import TrustedProxies
 from flaskrtc.log import route_gevent_errors, set_level
 from flaskrtc.metrics import Monitor
 from flaskrtc.ratelimit import ConnectionLimits, LogThrottle, RateLimiter
-from flaskrtc.reload import changed, merge, restart_needed
+from flaskrtc.reload import FileWatch, changed, merge, restart_needed
 from flaskrtc.signal.server import SignalingHandler, SignalServer, unmapped
 from flaskrtc.tls import HandshakeGuard, ensure_certificate, fingerprint, make_ssl_context
 from flaskrtc.turn.addressing import is_wildcard, url_host
@@ -479,6 +479,29 @@ def _sample_status(monitor: Monitor, stop: gevent.event.Event) -> None:
         monitor.sample(time.time())
 
 
+def watched_files(config: Config) -> list[str]:
+    """What ``[general] reload_watch`` looks at: the config file (if there is one) and, with
+    TLS, the certificate and key."""
+    paths = [str(config.config_path)] if config.config_path is not None else []
+    if config.general.tls:
+        paths += [config.general.cert, config.general.key]
+    return paths
+
+
+def _watch_files(reloader: Reloader, interval: float, stop: gevent.event.Event) -> None:
+    """Every ``interval`` seconds: reload (as SIGHUP does) when a watched file has changed."""
+    watch = FileWatch(watched_files(reloader.running))
+    log.info("reload: watching %s every %g s", ", ".join(watch.paths), interval)
+    while not stop.wait(interval):
+        found = watch.due()
+        if found:
+            log.info("reload: %s changed", ", ".join(found))
+            reloader.reload()
+            # A reload may have moved the certificate (a new path in the config).
+            if watched_files(reloader.running) != list(watch.paths):
+                watch.retarget(watched_files(reloader.running))
+
+
 def run(
     config: Config,
     role: WorkerRole | None = None,
@@ -520,16 +543,17 @@ def run(
     if server.monitor is not None:
         server.monitor.cluster = cluster
     server.start()
-    if reload_config is not None and hasattr(stdsignal, "SIGHUP"):  # Windows has none
+    if reload_config is not None:
         reloader = Reloader(reload_config, started, config, http=server, turn=turn)
         if ssl_context is not None:
             try:
                 reloader.fingerprint = fingerprint(Path(config.general.cert))
             except (OSError, ValueError):
                 pass  # only for the log line: "new" on the first reload
-        # gevent runs the handler in a greenlet of its own, between two others: no lock.
-        # Set before the banner: once the log says it listens, a SIGHUP is not lost.
-        gevent.signal_handler(stdsignal.SIGHUP, reloader.reload)
+        if hasattr(stdsignal, "SIGHUP"):  # Windows has none: [general] reload_watch there
+            # gevent runs the handler in a greenlet of its own, between two others: no lock.
+            # Set before the banner: once the log says it listens, a SIGHUP is not lost.
+            gevent.signal_handler(stdsignal.SIGHUP, reloader.reload)
     host, port = server.socket.getsockname()[:2]
     scheme = "https" if config.general.tls else "http"
     for line in banner(config, scheme, host, port):
@@ -548,12 +572,14 @@ def run(
     stop = gevent.event.Event()
     for signum in (stdsignal.SIGINT, stdsignal.SIGTERM):
         gevent.signal_handler(signum, stop.set)
-    sampler = None
+    helpers = []
     if config.metrics.enabled and server.monitor is not None:
-        sampler = gevent.spawn(_sample_status, server.monitor, stop)
+        helpers.append(gevent.spawn(_sample_status, server.monitor, stop))
+    if reloader is not None and config.general.reload_watch > 0:
+        helpers.append(gevent.spawn(_watch_files, reloader, config.general.reload_watch, stop))
     stop.wait()
-    if sampler is not None:
-        sampler.kill(block=False)
+    for helper in helpers:
+        helper.kill(block=False)
     log.info("shutting down: closing %d connection(s)", len(signal.conns))
     signal.shutdown()
     if cluster is not None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
-from flaskrtc.config import Config, GeneralConfig, TurnConfig, load_config
-from flaskrtc.reload import RELOADABLE, changed, merge, restart_needed, settings
+from flaskrtc.config import Config, ConfigError, GeneralConfig, TurnConfig, load_config
+from flaskrtc.reload import RELOADABLE, FileWatch, changed, merge, restart_needed, settings
 from flaskrtc.turn.allocation import FiveTuple
 from flaskrtc.turn.core import Limits
 from flaskrtc.turn.policy import PeerPolicy
@@ -79,3 +80,70 @@ def test_the_core_takes_a_new_peer_policy_for_new_permissions() -> None:
     core.configure(policy=PeerPolicy(denied=["203.0.113.0/24"]))
     # The permission exists, but its refresh is checked against the new rules.
     assert error(client.request(Method.CREATE_PERMISSION, attrs)) == 403
+
+
+# --- [general] reload_watch: FileWatch --------------------------------------------------------
+
+
+class FakeFiles:
+    """``stat`` over a dict: path -> (mtime_ns, size, inode); a missing path raises."""
+
+    def __init__(self, **files: tuple[int, int, int]) -> None:
+        self.files = {name.replace("_", "."): sig for name, sig in files.items()}
+
+    def stat(self, path: str) -> os.stat_result:
+        if path not in self.files:
+            raise FileNotFoundError(path)
+        mtime, size, inode = self.files[path]
+        # st_mode, st_ino, st_dev, st_nlink, st_uid, st_gid, st_size, then the times
+        return os.stat_result((0o100644, inode, 0, 1, 0, 0, size, 0, 0, 0, 0, 0, mtime, 0))
+
+
+def test_a_watch_is_due_once_a_change_has_settled() -> None:
+    files = FakeFiles(cert_pem=(1, 100, 7), key_pem=(1, 50, 8))
+    watch = FileWatch(["cert.pem", "key.pem"], stat=files.stat)
+    assert watch.due() == []  # nothing changed
+    files.files["cert.pem"] = (2, 120, 9)  # the certificate is renewed ...
+    assert watch.due() == []  # ... seen once: it may still be being written
+    files.files["key.pem"] = (2, 60, 10)  # ... and then its key
+    assert watch.due() == []  # changed since the last look: not settled yet
+    assert watch.due() == ["cert.pem", "key.pem"]  # settled: one reload for both
+    assert watch.due() == []  # and only once
+
+
+def test_a_watch_sees_a_rename_within_one_timestamp_and_a_file_coming_back() -> None:
+    files = FakeFiles(config_ini=(5, 10, 1))
+    watch = FileWatch(["config.ini"], stat=files.stat)
+    files.files["config.ini"] = (5, 10, 2)  # same time and size, another inode (os.replace)
+    watch.due()
+    assert watch.due() == ["config.ini"]
+    del files.files["config.ini"]  # deleted: a change too (the reload then says what is wrong)
+    watch.due()
+    assert watch.due() == ["config.ini"]
+    files.files["config.ini"] = (6, 10, 3)
+    watch.due()
+    assert watch.due() == ["config.ini"]
+
+
+def test_retarget_watches_new_paths_from_their_state_now() -> None:
+    files = FakeFiles(a=(1, 1, 1), b=(1, 1, 2))
+    watch = FileWatch(["a"], stat=files.stat)
+    watch.retarget(["b", "b"])
+    assert watch.paths == ("b",)
+    files.files["a"] = (9, 9, 9)  # no longer watched
+    watch.due()
+    assert watch.due() == []
+
+
+def test_reload_watch_is_seconds_or_off() -> None:
+    assert load_config(None, {}, {"general.reload_watch": "30"}).general.reload_watch == 30
+    assert load_config(None, {}, {"general.reload_watch": "0"}).general.reload_watch == 0
+    assert GeneralConfig().reload_watch == 0  # off unless asked for
+    for bad in ("0.5", "-1", "nan", "soon", "100000"):
+        try:
+            load_config(None, {}, {"general.reload_watch": bad})
+        except ConfigError as err:
+            assert "reload_watch" in str(err) and "from 1 to 86400" in str(err)
+        else:
+            raise AssertionError(f"{bad!r} accepted")
+    assert "general.reload_watch" not in RELOADABLE  # the watcher is started once

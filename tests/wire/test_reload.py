@@ -230,6 +230,51 @@ def test_a_new_certificate_reaches_new_connections_and_the_live_call_goes_on(
             thing.close()
 
 
+def test_reload_watch_takes_a_renewed_certificate_and_a_changed_key_by_itself(
+    tmp_path: Path,
+) -> None:
+    """[general] reload_watch (the way to reload on Windows): no signal at all. A renewed
+    certificate reaches new TLS connections, the live call and relay go on, and a changed
+    config key is applied too."""
+    (tmp_path / "srv").mkdir()
+    proc = TurnProcess(tmp_path / "srv", general={"reload_watch": "1"}, allowed_peer_ip="127.0.0.1")
+    alice, bob = proc.connect(), proc.connect()
+    udp = Relay(proc, "udp")
+    try:
+        wait_count(proc, re.compile(r"reload: watching .*cert\.pem.* every 1 s"), 1)
+        alice.register("alice")
+        alice.expect_peers(["alice"])
+        bob.register("bob")
+        alice.expect_peers(["alice", "bob"])
+        bob.expect_peers(["alice", "bob"])
+        old = served_fingerprint(proc.port)
+        install(proc, *new_pair(tmp_path / "new"))
+        new = file_fingerprint(proc.cert)
+        assert new != old
+        line = wait_count(proc, DONE, 1, timeout=20)[-1]
+        assert "certificate" in line and ", new)" in line, line
+        assert any(re.search(r"reload: .*cert\.pem.* changed", x) for x in proc.lines)
+        assert served_fingerprint(proc.port) == new
+        assert served_fingerprint(proc.turn_tls_port) == new
+        call(alice, bob, "alice", "bob", "after the certificate")
+        udp.both_ways(b"udp after the certificate")
+
+        set_keys(proc, {"turn.ttl": "600"})
+        line = wait_count(proc, DONE, 2, timeout=20)[-1]
+        assert "settings changed: turn.ttl" in line, line
+        assert unverified_ttl(proc) == 600
+        assert count(proc, DONE) == 2  # one reload per change, not one per look
+        call(bob, alice, "bob", "alice", "after the ttl")
+        udp.both_ways(b"udp after the ttl")
+        log = "\n".join(proc.lines)
+        for word in ("disconnected", "closing", "expired", "ERROR"):
+            assert word not in log, log
+    finally:
+        for thing in (alice, bob, udp):
+            thing.close()
+        proc.stop()
+
+
 # --- settings -------------------------------------------------------------------------------
 
 

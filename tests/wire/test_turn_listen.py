@@ -122,13 +122,13 @@ def test_a_burst_arriving_while_the_server_is_busy_is_answered_in_full() -> None
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, turn_server.UDP_BUFFER)
         client.bind(("127.0.0.1", 0))
         assert server.udp_address is not None
-        ids = set()
+        ids: set[bytes | None] = set()
         for _ in range(count):
             request = Message(Method.BINDING, Class.REQUEST)
             ids.add(request.transaction_id)
             client.sendto(serialize(request), server.udp_address)  # no yield: server idle
         client.setblocking(False)
-        answered = set()
+        answered: set[bytes | None] = set()
         deadline = time.monotonic() + 20
         while len(answered) < count and time.monotonic() < deadline:
             try:
