@@ -491,6 +491,9 @@ def watched_files(config: Config) -> list[str]:
 def _watch_files(reloader: Reloader, interval: float, stop: gevent.event.Event) -> None:
     """Every ``interval`` seconds: reload (as SIGHUP does) when a watched file has changed."""
     watch = FileWatch(watched_files(reloader.running))
+    if not watch.paths:
+        log.info("reload: reload_watch has nothing to watch (no config file, TLS off)")
+        return
     log.info("reload: watching %s every %g s", ", ".join(watch.paths), interval)
     while not stop.wait(interval):
         found = watch.due()

@@ -439,3 +439,31 @@ def test_sighup_to_the_parent_reloads_every_worker(
             relay.close()
     finally:
         proc.stop()
+
+
+def test_with_reload_watch_every_worker_reloads_by_itself(
+    tmp_path: Path, redis_server: RedisProcess
+) -> None:
+    (tmp_path / "srv").mkdir()
+    proc = TurnProcess(
+        tmp_path / "srv",
+        general={"workers": "2", "reload_watch": "1"},
+        cluster={"redis_url": redis_server.url},
+        allowed_peer_ip="127.0.0.1",
+        min_port="42000",
+        max_port="42999",
+    )
+    try:
+        for worker in (1, 2):
+            proc.wait_for_log(rf"w{worker}/server  reload: watching ", timeout=20)
+        relay = Relay(proc, "watched")
+        set_keys(proc, {"turn.ttl": "600"})
+        for worker in (1, 2):
+            done = wait_count(proc, re.compile(rf"w{worker}/server  reload: done: "), 1, 20)[-1]
+            assert "settings changed: turn.ttl" in done, done
+        assert {turn_ttl(proc) for _ in range(8)} == {600}
+        relay.both_ways(b"relaying on")
+        relay.close()
+        assert not any("ERROR" in line for line in proc.lines)
+    finally:
+        proc.stop()
