@@ -46,6 +46,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -308,36 +310,48 @@ def start_forwarder(upstream_port: int, workdir: Path) -> tuple[subprocess.Popen
 
 
 def run_uclient(
-    uclient: str, port: int, length: int, args: argparse.Namespace, processes: int = 1
+    uclient: str,
+    port: int,
+    length: int,
+    args: argparse.Namespace,
+    sessions: Sequence[int] = (),
 ) -> dict[str, float]:
     """turnutils_uclient -y against ``port``; its totals (NaN when it failed).
     ``args.extra``: more uclient flags (workers_bench passes -c: no RTCP allocations).
-    ``processes``: that many uclients at once (one uclient paces itself and cannot load a
-    server on a fast core); their totals are summed, the loss over all of them."""
-    cmd = [
-        uclient,
-        "-y",
-        *getattr(args, "extra", []),
-        "-W",
-        SECRET,
-        "-p",
-        str(port),
-        "-m",
-        str(args.clients),
-        "-n",
-        str(args.messages),
-        "-l",
-        str(length),
-        "-z",
-        str(args.interval),
-        HOST,
-    ]
+    ``sessions``: one uclient per item, run at once, with that many sessions (its -m; one
+    uclient paces itself and cannot load a server on a fast core); default one uclient of
+    ``args.clients``. Their totals are summed, the loss is over all of them."""
+
+    def command(clients: int) -> list[str]:
+        return [
+            uclient,
+            "-y",
+            *getattr(args, "extra", []),
+            "-W",
+            SECRET,
+            "-p",
+            str(port),
+            "-m",
+            str(clients),
+            "-n",
+            str(args.messages),
+            "-l",
+            str(length),
+            "-z",
+            str(args.interval),
+            HOST,
+        ]
+
     start = time.monotonic()
     procs = [
         subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+            command(clients),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
         )
-        for _ in range(processes)
+        for clients in (sessions or (args.clients,))
     ]
     outputs = []
     try:
@@ -629,24 +643,19 @@ def metrics_cost(uclient: str, args: argparse.Namespace, lengths: list[int]) -> 
                     # All servers at once, each with its own uclient and the same load: a
                     # change of the machine's speed or of other work during the round touches
                     # them all alike (one after the other, single runs spread by ±20% here).
-                    measured: dict[str, tuple[dict[str, float], list[float]]] = {}
-
-                    def one(
-                        server: Server,
-                        length: int = length,
-                        measured: dict[str, tuple[dict[str, float], list[float]]] = measured,
-                    ) -> None:
-                        measured[server.name] = measure_relay(
-                            uclient, server.port, length, [server.pid], args
+                    n = len(servers)
+                    with ThreadPoolExecutor(n) as pool:
+                        measured = list(
+                            pool.map(
+                                measure_relay,
+                                [uclient] * n,
+                                [server.port for server in servers],
+                                [length] * n,
+                                [[server.pid] for server in servers],
+                                [args] * n,
+                            )
                         )
-
-                    threads = [threading.Thread(target=one, args=(s,)) for s in servers]
-                    for thread in threads:
-                        thread.start()
-                    for thread in threads:
-                        thread.join()
-                    for server in servers:
-                        result, (cpu,) = measured[server.name]
+                    for server, (result, (cpu,)) in zip(servers, measured, strict=True):
                         runs[server.name].append(per_msg_us(cpu, result))
                         print(
                             f"    payload {length} B, round {round_ + 1}, {server.name:12}"

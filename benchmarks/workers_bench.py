@@ -163,14 +163,19 @@ def start_flaskrtc(workdir: Path, workers: int, redis_url: str) -> tb.Server:
 
 
 def measure(
-    uclient: str, server: tb.Server, pids: list[int], args: argparse.Namespace, **load: int
+    uclient: str,
+    server: tb.Server,
+    pids: list[int],
+    args: argparse.Namespace,
+    sessions: list[int],
+    interval: int,
 ) -> dict[str, float]:
-    """One load (``clients``, ``interval``, ``processes``) against ``server``: the uclient
-    totals, the rate relayed and the server's CPU seconds."""
+    """One load against ``server``: a uclient per item of ``sessions`` with that many
+    sessions, at ``interval`` ms; the uclient totals, the rate relayed and the CPU seconds
+    of ``pids``."""
     run = argparse.Namespace(
-        clients=load["clients"],
         messages=args.messages,
-        interval=load["interval"],
+        interval=interval,
         uclient_timeout=args.uclient_timeout,
         # -c: no RTCP allocation (EVEN-PORT's reservation, then an Allocate with its
         # RESERVATION-TOKEN from another socket, which the kernel may hash to the other
@@ -178,7 +183,7 @@ def measure(
         extra=["-c"],
     )
     before = [cpu_seconds(p) for p in pids]
-    result = tb.run_uclient(uclient, server.port, args.length, run, load["processes"])
+    result = tb.run_uclient(uclient, server.port, args.length, run, sessions)
     result["cpu"] = sum(cpu_seconds(p) - b for p, b in zip(pids, before, strict=True))
     if result["rate"] != result["rate"]:  # too short a run to tell: over the wall time
         result["rate"] = result["received"] / result["seconds"]
@@ -216,11 +221,50 @@ def search(run: Callable[[int], bool], start: int, limit: int, bisections: int) 
             bad = middle
 
 
-def spread(sessions: int, per_uclient: int) -> tuple[int, int]:
-    """``sessions`` over as few uclients as hold ``per_uclient`` each, evenly: (uclients,
-    sessions each); their product may be a little below ``sessions``."""
+def spread(sessions: int, per_uclient: int) -> list[int]:
+    """``sessions`` over as few uclients as hold ``per_uclient`` each, as evenly as can be:
+    the sessions of each uclient."""
     count = -(-sessions // per_uclient)
-    return count, max(1, sessions // count)
+    return [sessions // count + (1 if i < sessions % count else 0) for i in range(count)]
+
+
+def capacity(
+    name: str,
+    workers: int,
+    server: tb.Server,
+    uclient: str,
+    args: argparse.Namespace,
+    share: float,
+) -> float:
+    """The highest rate ``server`` relays at <= 1% loss (0 if none), found by :func:`search`,
+    with each of its workers (or coturn's relay threads) capped at ``share`` of a core."""
+    pids = children(server.pid)
+    best = 0.0
+    cap = CpuCap(share) if share else None
+    try:
+        if cap is not None:
+            if workers == 0:  # coturn: one process, a relay thread per CPU
+                cap.limit([server.pid], share * (os.cpu_count() or 1))
+            else:  # each worker (the parent of several only watches them)
+                for pid in pids[1:] if workers > 1 else pids:
+                    cap.limit([pid])
+
+        def run(sessions: int) -> bool:
+            nonlocal best
+            load = spread(sessions, args.per_uclient)
+            result = measure(uclient, server, pids, args, load, args.interval)
+            label = f"-z {args.interval}, {sessions:3} sessions in {len(load)} uclient(s)"
+            print(line(name, label, result), flush=True)
+            if result["lost_pct"] > 1.0:
+                return False
+            best = max(best, result["rate"])
+            return True
+
+        search(run, args.start_sessions, args.max_sessions, args.bisections)
+    finally:
+        if cap is not None:
+            cap.close()
+    return best
 
 
 def main() -> int:
@@ -281,9 +325,7 @@ def main() -> int:
             try:
                 for name, _workers, server in servers:
                     pids = children(server.pid)
-                    result = measure(
-                        uclient, server, pids, args, clients=10, interval=0, processes=1
-                    )
+                    result = measure(uclient, server, pids, args, [10], interval=0)
                     issue_load[name] = result
                     print(line(name, "-m 10 -z 0, 1 uclient", result), flush=True)
                 if share:
@@ -295,45 +337,7 @@ def main() -> int:
                 else:
                     print("(b) the most carried at <= 1% loss, uncapped")
                 for name, workers, server in servers:
-                    pids = children(server.pid)
-                    cap = CpuCap(share) if share else None
-                    try:
-                        if cap is not None and workers == 0:
-                            # coturn: one process, a relay thread per CPU.
-                            cap.limit([server.pid], share * cores)
-                        elif cap is not None and workers == 1:
-                            cap.limit([server.pid])
-                        elif cap is not None:
-                            for pid in pids[1:]:  # each worker (the parent only watches)
-                                cap.limit([pid])
-
-                        def run(
-                            sessions: int,
-                            name: str = name,
-                            server: tb.Server = server,
-                            pids: list[int] = pids,
-                        ) -> bool:
-                            count, each = spread(sessions, args.per_uclient)
-                            result = measure(
-                                uclient,
-                                server,
-                                pids,
-                                args,
-                                clients=each,
-                                interval=args.interval,
-                                processes=count,
-                            )
-                            label = f"-z {args.interval}, {count}x{each:<2} sessions"
-                            print(line(name, label, result), flush=True)
-                            if result["lost_pct"] <= 1.0:
-                                best[name] = max(best.get(name, 0.0), result["rate"])
-                                return True
-                            return False
-
-                        search(run, args.start_sessions, args.max_sessions, args.bisections)
-                    finally:
-                        if cap is not None:
-                            cap.close()
+                    best[name] = capacity(name, workers, server, uclient, args, share)
             finally:
                 for _name, _workers, server in servers:
                     server.stop()

@@ -117,11 +117,18 @@ class FileWatch:
         self, paths: Iterable[str], stat: Callable[[str], os.stat_result] = os.stat
     ) -> None:
         self.stat = stat
+        self.paths: tuple[str, ...] = ()
+        self._applied: tuple[Signature, ...] = ()
+        self._last: tuple[Signature, ...] = self._applied
         self.retarget(paths)
 
     def retarget(self, paths: Iterable[str]) -> None:
-        """Watch ``paths`` from now on, as they are now (after a reload that moved them)."""
-        self.paths = tuple(dict.fromkeys(paths))
+        """Watch ``paths`` from now on, as they are now (after a reload that moved them);
+        nothing changes when they are the paths already watched."""
+        paths = tuple(dict.fromkeys(paths))
+        if paths == self.paths:
+            return
+        self.paths = paths
         self._applied = self._look()
         self._last = self._applied
 

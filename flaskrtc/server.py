@@ -501,8 +501,7 @@ def _watch_files(reloader: Reloader, interval: float, stop: gevent.event.Event) 
             log.info("reload: %s changed", ", ".join(found))
             reloader.reload()
             # A reload may have moved the certificate (a new path in the config).
-            if watched_files(reloader.running) != list(watch.paths):
-                watch.retarget(watched_files(reloader.running))
+            watch.retarget(watched_files(reloader.running))
 
 
 def run(

@@ -348,6 +348,9 @@ class TurnServer:
             self.servers += [udp, tcp]
             self.pktinfo = self.pktinfo or udp.pktinfo
         self.families = sockets.families()
+        note = buffer_note(sockets.udp[0])  # once per server, whoever bound the sockets
+        if note is not None:
+            log.info("%s", note)
         host, port = sockets.udp[0].getsockname()[:2]
         self.udp_address = self.tcp_address = (host, port)
         if sockets.tls and ssl_context is not None:
@@ -705,19 +708,19 @@ UDP_BUFFER = 4 * 1024 * 1024
 UDP_BUFFER_NOTE = 1024 * 1024
 
 
-def grow_udp_buffers(sock: socket.socket, size: int = UDP_BUFFER) -> int:
-    """Ask for ``size`` bytes of receive and send buffer on UDP socket ``sock``; the receive
-    buffer it got (as the kernel reports it)."""
+def grow_udp_buffers(sock: socket.socket, size: int = UDP_BUFFER) -> None:
+    """Ask for ``size`` bytes of receive and send buffer on UDP socket ``sock``."""
     for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
         try:
             sock.setsockopt(socket.SOL_SOCKET, option, size)
         except OSError:
             pass  # the kernel keeps its default: the listener works, only with less slack
-    return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
 
 
-def buffer_note(granted: int) -> str | None:
-    """The start-up line for a UDP receive buffer of ``granted`` bytes, if it is small."""
+def buffer_note(sock: socket.socket) -> str | None:
+    """The start-up line for UDP socket ``sock`` if its receive buffer is small (capped by
+    the kernel below what :func:`grow_udp_buffers` asked for)."""
+    granted = int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
     if granted >= UDP_BUFFER_NOTE:
         return None
     return (
@@ -750,15 +753,8 @@ def bound_socket(
         sock.close()
         raise
     if kind == socket.SOCK_DGRAM:
-        note = buffer_note(grow_udp_buffers(sock))
-        if note is not None and note not in _notes_logged:
-            # One line per process, however many sockets (families, workers' sets) it binds.
-            _notes_logged.add(note)
-            log.info("%s", note)
+        grow_udp_buffers(sock)
     return sock
-
-
-_notes_logged: set[str] = set()
 
 
 # Where a UDP socket is "connected" to find the source address the kernel would use toward

@@ -147,3 +147,12 @@ def test_reload_watch_is_seconds_or_off() -> None:
         else:
             raise AssertionError(f"{bad!r} accepted")
     assert "general.reload_watch" not in RELOADABLE  # the watcher is started once
+
+
+def test_retarget_to_the_same_paths_keeps_a_pending_change() -> None:
+    files = FakeFiles(a=(1, 1, 1))
+    watch = FileWatch(["a"], stat=files.stat)
+    files.files["a"] = (2, 2, 2)
+    watch.due()  # seen once, not settled yet
+    watch.retarget(["a"])  # what the watcher does after every reload
+    assert watch.due() == ["a"]

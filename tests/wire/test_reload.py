@@ -397,31 +397,48 @@ def test_flaskrtc_reload_without_a_server_says_why(tmp_path: Path) -> None:
 
 # --- workers ----------------------------------------------------------------------------------
 
+WORKERS_ONLY_ON_LINUX = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="workers > 1 need Linux"
+)
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers > 1 need Linux")
+
+def two_workers(
+    tmp_path: Path, redis_server: RedisProcess, first_port: int, **general: str
+) -> TurnProcess:
+    """A TLS server with two workers in a cluster, relay ports from ``first_port`` on."""
+    (tmp_path / "srv").mkdir()
+    return TurnProcess(
+        tmp_path / "srv",
+        general={"workers": "2", **general},
+        cluster={"redis_url": redis_server.url},
+        allowed_peer_ip="127.0.0.1",
+        min_port=str(first_port),
+        max_port=str(first_port + 999),
+    )
+
+
+def each_worker(proc: TurnProcess, pattern: str, timeout: float = 20) -> list[str]:
+    """Each worker's first log line matching ``pattern`` (after its ``wN/server`` prefix)."""
+    return [
+        wait_count(proc, re.compile(rf"w{worker}/server  {pattern}"), 1, timeout)[0]
+        for worker in (1, 2)
+    ]
+
+
+@WORKERS_ONLY_ON_LINUX
 def test_sighup_to_the_parent_reloads_every_worker(
     tmp_path: Path, redis_server: RedisProcess
 ) -> None:
-    (tmp_path / "srv").mkdir()
-    proc = TurnProcess(
-        tmp_path / "srv",
-        general={"workers": "2"},
-        cluster={"redis_url": redis_server.url},
-        allowed_peer_ip="127.0.0.1",
-        min_port="41000",
-        max_port="41999",
-    )
+    proc = two_workers(tmp_path, redis_server, 41000)
     try:
-        for worker in (1, 2):
-            proc.wait_for_log(rf"w{worker}/server  turn: listening on", timeout=20)
+        each_worker(proc, "turn: listening on")
         clients = [proc.connect() for _ in range(4)]
         for n, client in enumerate(clients):
             client.register(f"p{n}")
         relays = [Relay(proc, f"r{n}") for n in range(4)]
         set_keys(proc, {"turn.ttl": "600", "general.port": str(free_port())})
         proc.proc.send_signal(signal.SIGHUP)
-        for worker in (1, 2):
-            done = wait_count(proc, re.compile(rf"w{worker}/server  reload: done: "), 1)[-1]
+        for done in each_worker(proc, "reload: done: "):
             assert "settings changed: turn.ttl" in done, done
         # The port is the parent's to bind: it alone says so (the workers never see it).
         restart = wait_count(proc, RESTART, 1)
@@ -441,25 +458,16 @@ def test_sighup_to_the_parent_reloads_every_worker(
         proc.stop()
 
 
+@WORKERS_ONLY_ON_LINUX
 def test_with_reload_watch_every_worker_reloads_by_itself(
     tmp_path: Path, redis_server: RedisProcess
 ) -> None:
-    (tmp_path / "srv").mkdir()
-    proc = TurnProcess(
-        tmp_path / "srv",
-        general={"workers": "2", "reload_watch": "1"},
-        cluster={"redis_url": redis_server.url},
-        allowed_peer_ip="127.0.0.1",
-        min_port="42000",
-        max_port="42999",
-    )
+    proc = two_workers(tmp_path, redis_server, 42000, reload_watch="1")
     try:
-        for worker in (1, 2):
-            proc.wait_for_log(rf"w{worker}/server  reload: watching ", timeout=20)
+        each_worker(proc, "reload: watching ")
         relay = Relay(proc, "watched")
         set_keys(proc, {"turn.ttl": "600"})
-        for worker in (1, 2):
-            done = wait_count(proc, re.compile(rf"w{worker}/server  reload: done: "), 1, 20)[-1]
+        for done in each_worker(proc, "reload: done: "):
             assert "settings changed: turn.ttl" in done, done
         assert {turn_ttl(proc) for _ in range(8)} == {600}
         relay.both_ways(b"relaying on")
